@@ -1,0 +1,88 @@
+"""Command-line entry points: a recipe (YAML/JSON, or a built-in name) plus ``--field value`` overrides."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from .config import DistillationConfig
+from .losses.base import unknown_name_message
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RECIPE = "minilm-wordnet"
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes shipped in ``hf_pcoh/recipes``, by name."""
+    folder = resources.files("hf_pcoh") / "recipes"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def is_recipe_argument(argument: str) -> bool:
+    return not argument.startswith("-") and (argument.endswith((".yaml", ".yml", ".json")) or argument in builtin_recipes())
+
+
+def read_recipe(recipe: str) -> dict[str, Any]:
+    """Load a recipe file, or a built-in recipe by name, into a dict of config fields."""
+    recipes = builtin_recipes()
+    path = recipes.get(recipe, Path(recipe))
+    if not path.is_file():
+        raise ValueError(f"recipe {recipe!r} not found: give a YAML/JSON file or one of {sorted(recipes)}")
+    with path.open(encoding="utf-8") as stream:
+        values = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {path} must be a mapping of config fields, got {type(values).__name__}")
+    known = list(DistillationConfig.__dataclass_fields__)
+    for key in values:
+        if key not in known:
+            raise ValueError(f"recipe {path}: {unknown_name_message('field', key, known)}")
+    return values
+
+
+def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig:
+    """``[RECIPE] [--field value ...]`` -> a validated :class:`DistillationConfig`.
+
+    With no recipe, the built-in ``minilm-wordnet`` recipe is used. Command-line values override the
+    recipe's, exactly as with any ``HfArgumentParser`` script.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe = DEFAULT_RECIPE
+    if argv and is_recipe_argument(argv[0]):
+        recipe = argv.pop(0)
+    parser = HfArgumentParser(DistillationConfig)
+    parser.set_defaults(**read_recipe(recipe))
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    return config
+
+
+def distill_main(argv: list[str] | None = None) -> int:
+    """Run a distillation recipe end to end and print where the student is and how it compares."""
+    from .pipeline import run_distillation
+
+
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        config = parse_distillation_args(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = run_distillation(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"student saved to {os.path.abspath(result.output_dir)}")
+    if result.evaluation is not None:
+        from .student_report import summary_line
+
+        print(summary_line(result.evaluation))
+    return 0

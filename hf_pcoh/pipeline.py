@@ -1,0 +1,287 @@
+"""The main job as a function: data -> teacher and student -> train -> save -> measure.
+
+``scripts/distill.py`` only parses a recipe into a :class:`DistillationConfig` and calls
+:func:`run_distillation`; everything a test needs to reach lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedModel
+
+from . import __version__
+from .collator import DistillationCollator
+from .config import DistillationConfig
+from .data import load_splits
+from .features import FeatureExtractor
+from .models import (
+    build_from_config,
+    config_from_dict,
+    count_parameters,
+    init_student_from_teacher,
+    is_vision_config,
+    load_pretrained,
+    load_processor,
+)
+
+from .trainer import DistillationTrainer
+
+logger = logging.getLogger(__name__)
+
+DISTILLATION_CONFIG_FILE = "distillation_config.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+@dataclass
+class DistillationSetup:
+    """Everything a :class:`DistillationTrainer` needs, built from a config."""
+
+    config: DistillationConfig
+    teacher: PreTrainedModel
+    student: PreTrainedModel
+    collator: DistillationCollator
+    train_dataset: Dataset
+    eval_dataset: Dataset | None
+    modality: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def needs_logits(config: DistillationConfig) -> tuple[bool, bool]:
+    """(teacher needs logits, student needs logits)."""
+    return config.logit_kd_weight > 0, config.ce_weight > 0 or config.logit_kd_weight > 0
+
+
+def choose_input_column(config: DistillationConfig, columns: list[str], vision: bool) -> str:
+    given = config.image_column if vision else config.text_column
+    option = "image_column" if vision else "text_column"
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"{option}={given!r} is not a column of {config.dataset_name} (columns: {columns})")
+        return given
+    for candidate in (("image", "img", "pixel_values") if vision else ("text", "sentence", "content")):
+        if candidate in columns:
+            return candidate
+    raise ValueError(f"{config.dataset_name} has no obvious {'image' if vision else 'text'} column (columns: {columns}); "
+                     f"set --{option}")
+
+
+def prepare_splits(config: DistillationConfig, splits: DatasetDict, vision: bool) -> tuple[Dataset, Dataset | None, str, str | None]:
+    for option in ("train_split",):
+        split = getattr(config, option)
+        if split not in splits:
+            raise ValueError(f"{option}={split!r} is not a split of {config.dataset_name} (splits: {list(splits)})")
+    train = splits[config.train_split]
+    evaluation = splits[config.eval_split] if config.eval_split in splits else None
+    if evaluation is None and config.evaluate_after_training:
+        raise ValueError(f"eval_split={config.eval_split!r} is not a split of {config.dataset_name} (splits: "
+                         f"{list(splits)}); name one or pass --evaluate_after_training false")
+    columns = list(train.column_names)
+    input_column = choose_input_column(config, columns, vision)
+    label_column = config.label_column
+    if label_column is not None and label_column not in columns:
+        raise ValueError(f"label_column={label_column!r} is not a column of {config.dataset_name} (columns: {columns})")
+    if label_column is None and "label" in columns:
+        label_column = "label"
+    if len(train) == 0:
+        raise ValueError(f"split {config.train_split!r} of {config.dataset_name} is empty")
+    train = train.shuffle(seed=config.seed)
+    if config.max_train_samples is not None:
+        train = train.select(range(min(config.max_train_samples, len(train))))
+    if evaluation is not None and config.max_eval_samples is not None:
+        evaluation = evaluation.shuffle(seed=config.seed).select(range(min(config.max_eval_samples, len(evaluation))))
+    return train, evaluation, input_column, label_column
+
+
+def build_teacher(config: DistillationConfig, num_labels: int | None) -> PreTrainedModel:
+    teacher_logits, _ = needs_logits(config)
+    if config.teacher_model_name_or_path:
+        return load_pretrained("teacher", config.teacher_model_name_or_path, teacher_logits, config.trust_remote_code, num_labels)
+    return build_from_config(config_from_dict(config.teacher_config), teacher_logits, num_labels)
+
+
+def build_student(config: DistillationConfig, teacher: PreTrainedModel, num_labels: int | None) -> PreTrainedModel:
+    _, student_logits = needs_logits(config)
+    if config.student_model_name_or_path:
+        return load_pretrained("student", config.student_model_name_or_path, student_logits, config.trust_remote_code, num_labels)
+    student = build_from_config(config_from_dict(config.student_config, base=teacher.config), student_logits, num_labels)
+    if config.student_init_from_teacher:
+        init_student_from_teacher(student, teacher, config.student_init_layer_map)
+    return student
+
+
+def build_processors(config: DistillationConfig, teacher: PreTrainedModel, student: PreTrainedModel, vision: bool):
+    teacher_source = config.teacher_processor_name_or_path or config.teacher_model_name_or_path
+    if teacher_source is None:
+        raise ValueError("a teacher built from teacher_config needs --teacher_processor_name_or_path (a tokenizer or "
+                         "image processor folder / Hub id)")
+    teacher_processor = load_processor(teacher_source, vision, config.trust_remote_code, "teacher_processor_name_or_path")
+    student_source = config.student_processor_name_or_path
+    if student_source is None and config.student_model_name_or_path and has_processor_files(config.student_model_name_or_path):
+        student_source = config.student_model_name_or_path
+    if student_source is None or student_source == teacher_source:
+        student_processor = teacher_processor
+    else:
+        student_processor = load_processor(student_source, vision, config.trust_remote_code, "student_processor_name_or_path")
+    for processor in {id(teacher_processor): teacher_processor, id(student_processor): student_processor}.values():
+        if config.padding_side is not None and not vision:
+            processor.padding_side = config.padding_side
+    if not vision:
+        check_tokenizer_fits("student", student, student_processor, config)
+        check_tokenizer_fits("teacher", teacher, teacher_processor, config)
+    return teacher_processor, student_processor
+
+
+def has_processor_files(path: str) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "preprocessor_config.json")
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in names)
+
+
+def check_tokenizer_fits(role: str, model: PreTrainedModel, tokenizer: Any, config: DistillationConfig) -> None:
+    """A model whose embedding table is smaller than its tokenizer's vocabulary would index out of range."""
+    vocab_size = getattr(model.config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the {role}'s tokenizer has {len(tokenizer)} tokens but the {role} model's vocab_size is {vocab_size}: "
+            f"the tokenizers differ. Give the {role} its own tokenizer with --{role}_processor_name_or_path, or "
+            f"build it with vocab_size >= {len(tokenizer)}"
+        )
+
+
+def build_setup(config: DistillationConfig) -> DistillationSetup:
+    """Load data, models and processors as the config says; fail early with a clear message."""
+    splits = load_splits(config.dataset_name, config.dataset_config_name)
+    label_feature = splits[next(iter(splits))].features.get(config.label_column or "label")
+    num_labels = getattr(label_feature, "num_classes", None)
+    teacher = build_teacher(config, num_labels)
+    vision = is_vision_config(teacher.config)
+    train, evaluation, input_column, label_column = prepare_splits(config, splits, vision)
+    student = build_student(config, teacher, num_labels)
+    if is_vision_config(student.config) != vision:
+        raise ValueError("teacher and student must both be text models or both be vision models")
+    teacher_processor, student_processor = build_processors(config, teacher, student, vision)
+    collator = DistillationCollator(
+        student_processor=student_processor,
+        teacher_processor=teacher_processor,
+        input_column=input_column,
+        modality="vision" if vision else "text",
+        label_column=label_column,
+        max_length=config.max_length,
+    )
+    return DistillationSetup(config, teacher, student, collator, train, evaluation, collator.modality)
+
+
+def embedding_extractors(config: DistillationConfig) -> tuple[FeatureExtractor, FeatureExtractor]:
+    """The (student, teacher) embeddings measured after training: the deepest distilled pair."""
+    # Token-level recipes (pooling 'none') are measured on mean-pooled embeddings ('mean' = GAP on maps).
+    pooling = "mean" if config.pooling == "none" else config.pooling
+    teacher_pooling = config.teacher_pooling or config.pooling
+    teacher_pooling = "mean" if teacher_pooling == "none" else teacher_pooling
+    return (
+        FeatureExtractor(config.student_layers[-1], pooling, "student"),
+        FeatureExtractor(config.teacher_layers[-1], teacher_pooling, "teacher"),
+    )
+
+
+def describe_run(setup: DistillationSetup, trainer: DistillationTrainer) -> dict[str, Any]:
+    """The provenance written to ``distillation_config.json`` (read by evaluate.py and the model card)."""
+    config = setup.config
+    student_extractor, teacher_extractor = embedding_extractors(config)
+    recipe = {key: value for key, value in config.distillation_fields().items()}
+    return {
+        "hf_pcoh_version": __version__,
+        "recipe": json.loads(json.dumps(recipe, default=str)),
+        "teacher": {
+            "name_or_path": config.teacher_model_name_or_path or "config",
+            "model_type": setup.teacher.config.model_type,
+            "parameters": count_parameters(setup.teacher),
+        },
+        "student": {"model_type": setup.student.config.model_type, "parameters": count_parameters(setup.student)},
+        "dataset": {
+            "name": config.dataset_name,
+            "train_samples": len(setup.train_dataset),
+            "eval_samples": len(setup.eval_dataset) if setup.eval_dataset is not None else 0,
+            ("image_column" if setup.modality == "vision" else "text_column"): setup.collator.input_column,
+            "label_column": setup.collator.label_column,
+        },
+        "terms": [
+            {
+                "student_layer": config.student_layers[term.pair_index],
+                "teacher_layer": config.teacher_layers[term.pair_index],
+                "loss": term.key.split("_", 1)[1],
+                "weight": term.weight,
+            }
+            for term in trainer.model.terms
+        ],
+        "losses": list(config.losses),
+        "embedding": {
+            "student_layer": student_extractor.layer,
+            "teacher_layer": teacher_extractor.layer,
+            "pooling": student_extractor.pooling,
+            "teacher_pooling": teacher_extractor.pooling,
+        },
+        "modality": setup.modality,
+        "task": "image-feature-extraction" if setup.modality == "vision" else "feature-extraction",
+    }
+
+
+@dataclass
+class DistillationResult:
+    output_dir: str
+    train_metrics: dict[str, float]
+    evaluation: dict[str, Any] | None
+
+
+def run_distillation(config: DistillationConfig) -> DistillationResult:
+    """Distil, save the student to ``config.output_dir``, and (by default) measure it against the teacher."""
+    setup = build_setup(config)
+    trainer = DistillationTrainer(
+        student=setup.student,
+        teacher=setup.teacher,
+        args=config,
+        train_dataset=setup.train_dataset,
+        eval_dataset=setup.eval_dataset if config.eval_strategy != "no" else None,
+        collator=setup.collator,
+    )
+    train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    description = describe_run(setup, trainer)
+    evaluation = None
+    if trainer.args.should_save:
+        write_json(os.path.join(config.output_dir, DISTILLATION_CONFIG_FILE), description)
+        if config.evaluate_after_training and setup.eval_dataset is not None:
+            from .student_report import compare_teacher_and_student
+
+            student_extractor, teacher_extractor = embedding_extractors(config)
+            evaluation = compare_teacher_and_student(
+                teacher=setup.teacher,
+                student=trainer.accelerator.unwrap_model(trainer.model).student,
+                teacher_processor=setup.collator.teacher_processor,
+                student_processor=setup.collator.student_processor,
+                train_dataset=setup.train_dataset,
+                eval_dataset=setup.eval_dataset,
+                input_column=setup.collator.input_column,
+                label_column=setup.collator.label_column,
+                modality=setup.modality,
+                student_extractor=student_extractor,
+                teacher_extractor=teacher_extractor,
+                max_length=config.max_length,
+                device=trainer.args.device,
+                dataset_name=config.dataset_name,
+            )
+            write_json(os.path.join(config.output_dir, EVAL_RESULTS_FILE), evaluation)
+    return DistillationResult(config.output_dir, dict(train_output.metrics), evaluation)
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write atomically, so an interrupted run never leaves half a file."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        json.dump(payload, stream, indent=2, default=str)
+    os.replace(temporary, path)

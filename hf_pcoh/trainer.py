@@ -1,0 +1,323 @@
+"""``DistillationTrainer``: a ``transformers.Trainer`` that distils a frozen teacher's features into a student.
+
+One training step (DESIGN.md section 2): the collator gives ``student_inputs`` (and ``teacher_inputs``
+when the teacher has its own processor); the teacher runs in eval mode without gradients; both sides'
+features are taken from the chosen layers and pooled; batch-level losses see the global batch
+(gathered across processes with gradients); the weighted sum of every (layer pair, loss) term, plus
+optional cross-entropy and logit KD, is backpropagated into the student and the losses' heads.
+
+The trainable module handed to ``Trainer`` is :class:`DistillationModel` (student + heads), so
+accelerate/DDP wrap, optimise and checkpoint both; the student itself is saved as a plain
+``transformers`` model and the heads beside it in ``distillation_heads.safetensors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from .collator import DistillationCollator
+from .config import DistillationConfig
+from .distributed import gather_with_grad, world_size
+from .features import FeatureExtractor, Features
+from .losses import DistillationLoss, build_loss
+
+logger = logging.getLogger(__name__)
+
+HEADS_FILE = "distillation_heads.safetensors"
+TEACHER_PROCESSOR_DIR = "teacher_processor"
+
+
+@dataclass
+class DistillationTerm:
+    """One weighted loss between one student layer and one teacher layer."""
+
+    key: str  # the ModuleDict key of its loss module
+    label: str  # how it is logged, e.g. "perception_coherence[s-1>t-1]"
+    pair_index: int
+    weight: float
+
+
+@dataclass
+class DistillationOutput:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def layer_label(layer: int | str) -> str:
+    return str(layer)
+
+
+class DistillationModel(nn.Module):
+    """The trainable part of distillation: the student and the losses (with their learned heads).
+
+    ``forward(student_inputs, teacher_features, labels=None, teacher_logits=None)`` runs the student,
+    extracts its features for every layer pair and returns the weighted total and each term.
+    """
+
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        student_extractors: list[FeatureExtractor],
+        losses: dict[str, DistillationLoss],
+        terms: list[DistillationTerm],
+        ce_weight: float = 0.0,
+        logit_kd: DistillationLoss | None = None,
+        logit_kd_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.heads = nn.ModuleDict(losses)
+        if logit_kd is not None:
+            self.logit_kd = logit_kd
+        self.student_extractors = student_extractors
+        self.terms = terms
+        self.ce_weight = ce_weight
+        self.logit_kd_weight = logit_kd_weight
+
+    @property
+    def config(self):  # the Trainer reads model.config in a few places (e.g. its model card)
+        return self.student.config
+
+    def student_features(self, student_inputs: dict[str, torch.Tensor]) -> tuple[list[Features], Any]:
+        outputs = self.student(**student_inputs, output_hidden_states=True)
+        mask = student_inputs.get("attention_mask")
+        return [extractor(outputs, mask) for extractor in self.student_extractors], outputs
+
+    def forward(
+        self,
+        student_inputs: dict[str, torch.Tensor],
+        teacher_features: list[Features],
+        labels: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> DistillationOutput:
+        student_features, outputs = self.student_features(student_inputs)
+        total = torch.zeros((), device=student_features[0].values.device)
+        values: dict[str, torch.Tensor] = {}
+        gathered: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        for term in self.terms:
+            loss = self.heads[term.key]
+            student, teacher = student_features[term.pair_index], teacher_features[term.pair_index]
+            student_values, teacher_values, mask = student.values, teacher.values, student.mask
+            if loss.batch_level and world_size() > 1 and student_values.dim() == 2:
+                if term.pair_index not in gathered:
+                    gathered[term.pair_index] = (gather_with_grad(student_values), gather_with_grad(teacher_values), None)
+                student_values, teacher_values, mask = gathered[term.pair_index]
+            value = loss(student_values, teacher_values, mask=mask, labels=labels)
+            values[term.label] = value
+            total = total + term.weight * value
+        logits = getattr(outputs, "logits", None)
+        if self.ce_weight > 0:
+            values["cross_entropy"] = F.cross_entropy(logits.float(), labels)
+            total = total + self.ce_weight * values["cross_entropy"]
+        if self.logit_kd_weight > 0:
+            values["logit_kd"] = self.logit_kd(logits, teacher_logits)
+            total = total + self.logit_kd_weight * values["logit_kd"]
+        return DistillationOutput(loss=total, terms=values)
+
+
+class DistillationTrainer(Trainer):
+    """Distil ``teacher`` into ``student`` on the terms of a :class:`DistillationConfig`.
+
+    Example::
+
+        trainer = DistillationTrainer(student=student, teacher=teacher, args=config,
+                                      train_dataset=splits["train"], collator=collator)
+        trainer.train()
+        trainer.save_model()  # a plain transformers model + distillation_heads.safetensors
+    """
+
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        teacher: PreTrainedModel,
+        args: DistillationConfig,
+        train_dataset: Any,
+        collator: DistillationCollator,
+        eval_dataset: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.distillation_collator = collator
+        teacher_pooling = args.teacher_pooling or args.pooling
+        self.teacher_extractors = [FeatureExtractor(layer, teacher_pooling, "teacher") for layer in args.teacher_layers]
+        student_extractors = [FeatureExtractor(layer, args.pooling, "student") for layer in args.student_layers]
+        model = self.build_distillation_model(student, student_extractors, args, train_dataset)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=collator.student_processor,
+            **kwargs,
+        )
+        self.teacher.to(self.args.device)
+        # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
+        self.loss_is_scaled_for_ga = False
+        self.term_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.term_counts: dict[str, int] = {"train": 0, "eval": 0}
+
+    # ---- building ----------------------------------------------------------------------------------
+    def build_distillation_model(
+        self,
+        student: PreTrainedModel,
+        student_extractors: list[FeatureExtractor],
+        args: DistillationConfig,
+        train_dataset: Any,
+    ) -> DistillationModel:
+        """Probe both models on two training rows to learn the feature widths, then build every term."""
+        if len(train_dataset) < 2:
+            raise ValueError(f"the training set has {len(train_dataset)} rows; distillation needs at least 2")
+        probe = self.distillation_collator([train_dataset[i] for i in range(2)])
+        student_was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            teacher_features, teacher_logits = self.teacher_forward(probe, device=next(self.teacher.parameters()).device)
+            outputs = student(**probe["student_inputs"], output_hidden_states=True)
+        student.train(student_was_training)
+        student_features = [extractor(outputs, probe["student_inputs"].get("attention_mask")) for extractor in student_extractors]
+        losses: dict[str, DistillationLoss] = {}
+        terms: list[DistillationTerm] = []
+        for pair_index, (s_layer, t_layer) in enumerate(zip(args.student_layers, args.teacher_layers)):
+            s_features, t_features = student_features[pair_index], teacher_features[pair_index]
+            for name, weight in zip(args.losses, args.loss_weights):
+                key = f"pair{pair_index}_{name}"
+                loss = build_loss(name, student_dim=s_features.dim, teacher_dim=t_features.dim, **args.loss_options(name))
+                if s_features.values.dim() == 3 and not loss.accepts_tokens:
+                    raise ValueError(
+                        f"loss {name!r} compares pooled features but pooling='none' gives tokens; choose a pooling "
+                        "(cls, mean, last_token, gap) or a token-level loss"
+                    )
+                losses[key] = loss
+                terms.append(DistillationTerm(key, f"{name}[s{layer_label(s_layer)}>t{layer_label(t_layer)}]", pair_index, weight))
+        logits = getattr(outputs, "logits", None)
+        if (args.ce_weight > 0 or args.logit_kd_weight > 0) and logits is None:
+            raise ValueError("ce_weight / logit_kd_weight need a student with a classification head (logits)")
+        if args.ce_weight > 0 and "labels" not in probe:
+            raise ValueError("ce_weight > 0 needs labels: set label_column to a column of class labels")
+        logit_kd = None
+        if args.logit_kd_weight > 0:
+            if teacher_logits is None or teacher_logits.shape[-1] != logits.shape[-1]:
+                raise ValueError(
+                    "logit_kd_weight > 0 needs teacher and student logits over the same classes; got "
+                    f"{None if teacher_logits is None else teacher_logits.shape[-1]} and {logits.shape[-1]}"
+                )
+            logit_kd = build_loss(
+                "logit_kd", student_dim=logits.shape[-1], teacher_dim=logits.shape[-1], temperature=args.logit_kd_temperature
+            )
+        return DistillationModel(student, student_extractors, losses, terms, args.ce_weight, logit_kd, args.logit_kd_weight)
+
+    # ---- the step ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_forward(
+        self, inputs: dict[str, Any], device: torch.device | None = None
+    ) -> tuple[list[Features], torch.Tensor | None]:
+        """Teacher features for every layer pair (and its logits), without gradients."""
+        teacher_inputs = inputs.get("teacher_inputs", inputs["student_inputs"])
+        if device is not None:
+            teacher_inputs = {name: tensor.to(device) for name, tensor in teacher_inputs.items()}
+        outputs = self.teacher(**teacher_inputs, output_hidden_states=True)
+        mask = teacher_inputs.get("attention_mask")
+        features = [extractor(outputs, mask) for extractor in self.teacher_extractors]
+        return features, getattr(outputs, "logits", None)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, DistillationOutput]:
+        teacher_features, teacher_logits = self.teacher_forward(inputs)
+        output = model(
+            student_inputs=inputs["student_inputs"],
+            teacher_features=teacher_features,
+            labels=inputs.get("labels"),
+            teacher_logits=teacher_logits,
+        )
+        self.record_terms("train" if model.training else "eval", output.terms)
+        return (output.loss, output) if return_outputs else output.loss
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
+    ) -> tuple[torch.Tensor | None, None, None]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ---- logging every term ------------------------------------------------------------------------
+    def record_terms(self, split: str, terms: dict[str, torch.Tensor]) -> None:
+        for label, value in terms.items():
+            self.term_sums[split][label] = self.term_sums[split][label] + value.detach().float()
+        self.term_counts[split] += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        count = self.term_counts[split]
+        if count:
+            prefix = "eval_" if split == "eval" else ""
+            for label, total in self.term_sums[split].items():
+                logs[f"{prefix}loss/{label}"] = round(float(total) / count, 6)
+            self.term_sums[split] = defaultdict(float)
+            self.term_counts[split] = 0
+        super().log(logs, start_time)
+
+    # ---- saving and resuming -----------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Save the student as a plain ``transformers`` model, the heads beside it, and the processors."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        distillation_model: DistillationModel = self.accelerator.unwrap_model(self.model)
+        if state_dict is None:
+            state_dict = distillation_model.state_dict()
+        student_state = {key[len("student."):]: value for key, value in state_dict.items() if key.startswith("student.")}
+        heads_state = {
+            key: value.detach().contiguous().cpu() for key, value in state_dict.items() if not key.startswith("student.")
+        }
+        distillation_model.student.save_pretrained(output_dir, state_dict=student_state)
+        save_file(heads_state, os.path.join(output_dir, HEADS_FILE), metadata={"format": "pt"})
+        collator = self.distillation_collator
+        collator.student_processor.save_pretrained(output_dir)
+        if collator.teacher_processor is not collator.student_processor:
+            collator.teacher_processor.save_pretrained(os.path.join(output_dir, TEACHER_PROCESSOR_DIR))
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        load_distillation_checkpoint(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        load_distillation_checkpoint(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+
+def load_distillation_checkpoint(model: DistillationModel, checkpoint_dir: str) -> None:
+    """Restore the student's weights and the heads from a directory written by ``DistillationTrainer``."""
+    heads_path = os.path.join(checkpoint_dir, HEADS_FILE)
+    if not os.path.isfile(os.path.join(checkpoint_dir, "config.json")) or not os.path.isfile(heads_path):
+        raise ValueError(
+            f"{checkpoint_dir} is not a distillation checkpoint: it needs config.json, model.safetensors and {HEADS_FILE}"
+        )
+    # from_pretrained applies any key renaming the architecture needs; then copy into the live student.
+    reloaded = type(model.student).from_pretrained(checkpoint_dir, use_safetensors=True)
+    model.student.load_state_dict(reloaded.state_dict())
+    heads_state = load_file(heads_path)
+    missing, unexpected = model.load_state_dict(heads_state, strict=False)
+    missing = [key for key in missing if not key.startswith("student.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{heads_path} does not match this recipe's losses (missing {missing}, unexpected {unexpected}): resume "
+            "with the same losses, layers and models as the run that wrote it"
+        )

@@ -14,7 +14,10 @@ import yaml
 from transformers import HfArgumentParser
 
 from .config import DistillationConfig
+from .hub import PublishError
 from .losses.base import unknown_name_message
+from .pipeline import run_distillation
+from .student_report import summary_line
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +69,6 @@ def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig
 
 def distill_main(argv: list[str] | None = None) -> int:
     """Run a distillation recipe end to end and print where the student is and how it compares."""
-    from .pipeline import run_distillation
-
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
@@ -80,9 +81,10 @@ def distill_main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except PublishError as error:  # the run itself finished: its folder is complete
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"student saved to {os.path.abspath(result.output_dir)}")
     if result.evaluation is not None:
-        from .student_report import summary_line
-
         print(summary_line(result.evaluation))
     return 0

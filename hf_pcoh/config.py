@@ -247,6 +247,8 @@ class DistillationConfig(TrainingArguments):
             value = getattr(self, option)
             if value is not None and value < 1:
                 raise ValueError(f"{option}={value} must be a positive number of rows")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs --hub_model_id USER/NAME: the Hub repo the student is published to")
         batch_level = [name for name in self.losses if LOSSES[name].batch_level]
         needed = max((LOSSES[name].min_batch_size for name in batch_level), default=1)
         if self.per_device_train_batch_size < 1 or (batch_level and self.per_device_train_batch_size < needed):

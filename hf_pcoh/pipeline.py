@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,10 +17,12 @@ from datasets import Dataset, DatasetDict
 from transformers import PreTrainedModel
 
 from . import __version__
+from .artifacts import DISTILLATION_CONFIG_FILE, EVAL_RESULTS_FILE
 from .collator import DistillationCollator
 from .config import DistillationConfig
 from .data import load_splits
 from .features import FeatureExtractor
+from .hub import publish, write_model_card
 from .models import (
     build_from_config,
     config_from_dict,
@@ -30,12 +33,11 @@ from .models import (
     load_processor,
 )
 
+from .student_report import compare_teacher_and_student
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
-DISTILLATION_CONFIG_FILE = "distillation_config.json"
-EVAL_RESULTS_FILE = "eval_results.json"
 
 
 @dataclass
@@ -238,12 +240,19 @@ class DistillationResult:
 
 
 def run_distillation(config: DistillationConfig) -> DistillationResult:
-    """Distil, save the student to ``config.output_dir``, and (by default) measure it against the teacher."""
+    """Distil, save the student to ``config.output_dir``, measure it against the teacher, write its card.
+
+    With ``push_to_hub`` (and ``hub_model_id``, ``hub_private_repo``, ``hub_token``: the Trainer's own Hub
+    options) the finished folder is published by :func:`hf_pcoh.hub.publish` once everything is written,
+    rather than by the Trainer at every save: the card needs the evaluation, and an offline or
+    token-less machine must still end with a complete folder.
+    """
     setup = build_setup(config)
+    trainer_args = dataclasses.replace(config, push_to_hub=False) if config.push_to_hub else config
     trainer = DistillationTrainer(
         student=setup.student,
         teacher=setup.teacher,
-        args=config,
+        args=trainer_args,
         train_dataset=setup.train_dataset,
         eval_dataset=setup.eval_dataset if config.eval_strategy != "no" else None,
         collator=setup.collator,
@@ -256,8 +265,6 @@ def run_distillation(config: DistillationConfig) -> DistillationResult:
     if trainer.args.should_save:
         write_json(os.path.join(config.output_dir, DISTILLATION_CONFIG_FILE), description)
         if config.evaluate_after_training and setup.eval_dataset is not None:
-            from .student_report import compare_teacher_and_student
-
             student_extractor, teacher_extractor = embedding_extractors(config)
             evaluation = compare_teacher_and_student(
                 teacher=setup.teacher,
@@ -276,6 +283,9 @@ def run_distillation(config: DistillationConfig) -> DistillationResult:
                 dataset_name=config.dataset_name,
             )
             write_json(os.path.join(config.output_dir, EVAL_RESULTS_FILE), evaluation)
+        write_model_card(config.output_dir)
+        if config.push_to_hub:
+            publish(config.output_dir, config.hub_model_id, private=bool(config.hub_private_repo), token=config.hub_token)
     return DistillationResult(config.output_dir, dict(train_output.metrics), evaluation)
 
 

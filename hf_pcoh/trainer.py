@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from .artifacts import HEADS_FILE, TEACHER_PROCESSOR_DIR
 from .collator import DistillationCollator
 from .config import DistillationConfig
 from .distributed import gather_with_grad, world_size
@@ -34,8 +35,6 @@ from .losses import DistillationLoss, build_loss
 
 logger = logging.getLogger(__name__)
 
-HEADS_FILE = "distillation_heads.safetensors"
-TEACHER_PROCESSOR_DIR = "teacher_processor"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -13,10 +14,11 @@ from .digits import load_digits_dataset
 from .fashion_mnist import load_fashion_mnist
 from .wordnet import load_wordnet_glosses
 
+# Parsed once per process: the files never change, and a DatasetDict is immutable (shuffle/select copy).
 BUILTIN_DATASETS: dict[str, Callable[[], DatasetDict]] = {
-    "wordnet_glosses": load_wordnet_glosses,
-    "fashion_mnist": load_fashion_mnist,
-    "digits": load_digits_dataset,
+    "wordnet_glosses": functools.cache(load_wordnet_glosses),
+    "fashion_mnist": functools.cache(load_fashion_mnist),
+    "digits": functools.cache(load_digits_dataset),
 }
 
 

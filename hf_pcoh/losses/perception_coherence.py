@@ -20,16 +20,26 @@ is an affine function of Spearman's rho, so ``L`` is a differentiable ``1 - rho`
 Before ranking, each side's dissimilarities are divided by their spread over the batch (``scale``),
 so that one ``tau`` fits every model; the loss is then invariant to isotropic scaling of either side,
 and under euclidean distances to rotations and translations of either side.
+
+Two implementations give the same value and gradient. ``reference`` is the direct formula: autograd
+keeps the ``[m, B, B]`` comparison tensor, ``O(m B^2)`` memory (``O(B^3)`` with every point a
+reference). ``chunked`` (the default) is :class:`SoftRanks`, a ``torch.autograd.Function`` that sums
+the comparisons a block of references at a time and, in backward, recomputes them block by block
+from ``sigmoid'(x) = s (1 - s)``, so only ``[m, B]`` tensors outlive a block: ``O(B^2)`` memory with
+a bounded ``O(c B^2)`` transient for ``c`` references per block.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal
 
 import torch
+from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 from .base import DistillationLoss, register_loss
-from .dissimilarity import Dissimilarity, get_dissimilarity
+from .dissimilarity import Cosine, Dissimilarity, Euclidean, SquaredEuclidean, get_dissimilarity
 
 PERCEPTION_COHERENCE_CITATION = """@article{nguyen2026perception,
   title   = {Perception Coherence},
@@ -39,7 +49,14 @@ PERCEPTION_COHERENCE_CITATION = """@article{nguyen2026perception,
   note    = {arXiv:2505.06595}
 }"""
 
+logger = logging.getLogger(__name__)
+
 ScaleName = Literal["std", "median", "none"]
+ImplementationName = Literal["auto", "chunked", "reference"]
+
+# Elements of one block of comparisons [references, rows, B] in the chunked implementation: 2^24
+# float32 values are 64 MiB, small beside the O(B^2) tensors yet large enough to keep kernels busy.
+BLOCK_ELEMENTS = 2**24
 
 
 def scale_dissimilarities(dissimilarities: torch.Tensor, scale: ScaleName) -> torch.Tensor:
@@ -52,7 +69,9 @@ def scale_dissimilarities(dissimilarities: torch.Tensor, scale: ScaleName) -> to
     if scale == "none":
         return dissimilarities
     size = dissimilarities.shape[0]
-    off_diagonal = dissimilarities[~torch.eye(size, dtype=torch.bool, device=dissimilarities.device)]
+    # The off-diagonal entries as a view (no copy, no index tensors kept for backward): in the flattened
+    # matrix, the diagonal entries are every (B + 1)-th element, starting at 0.
+    off_diagonal = dissimilarities.reshape(-1)[1:].view(size - 1, size + 1)[:, :size]
     if scale == "std":
         spread = off_diagonal.std()
     elif scale == "median":
@@ -107,13 +126,127 @@ def rank_disagreement(
     return squared.sum() / (references * (batch_size - 1))
 
 
+def comparison_blocks(
+    num_references: int, batch_size: int, reference_chunk_size: int | None = None
+) -> list[tuple[slice, slice]]:
+    """Blocks ``(references, rows)`` of the ``[m, B, B]`` comparisons, each at most ``BLOCK_ELEMENTS``.
+
+    ``reference_chunk_size`` references per block (default: as many as fit the budget); where even
+    that many full ``[B, B]`` slices exceed the budget, the rows ``j`` are split as well.
+    """
+    per_reference = batch_size * batch_size
+    references_per_block = reference_chunk_size or max(1, BLOCK_ELEMENTS // per_reference)
+    references_per_block = min(references_per_block, num_references)
+    if references_per_block * per_reference <= BLOCK_ELEMENTS:
+        rows_per_block = batch_size
+    else:
+        rows_per_block = max(1, BLOCK_ELEMENTS // (references_per_block * batch_size))
+    return [
+        (slice(first_reference, first_reference + references_per_block), slice(first_row, first_row + rows_per_block))
+        for first_reference in range(0, num_references, references_per_block)
+        for first_row in range(0, batch_size, rows_per_block)
+    ]
+
+
+def _chunked_rank_sums(
+    reference_rows: torch.Tensor,
+    reference_index: torch.Tensor,
+    temperature: float,
+    hard: bool,
+    reference_chunk_size: int | None,
+) -> torch.Tensor:
+    """Soft (or hard) ranks ``[m, B]`` without materialising the ``[m, B, B]`` comparisons.
+
+    ``sigmoid(x) = (1 + tanh(x / 2)) / 2`` and the hard step is ``(1 + sign(x)) / 2`` (ties 1/2), so
+    a block needs one buffer, transformed in place. Summing over every ``k`` and subtracting the two
+    excluded terms (``k = j``, always a tie, and ``k = i``) replaces the ``[m, B, B]`` mask.
+    """
+    num_references, batch_size = reference_rows.shape
+    ranks = torch.empty_like(reference_rows)  # [m, B]
+    for references, rows in comparison_blocks(num_references, batch_size, reference_chunk_size):
+        half_scaled = reference_rows[references] * (0.5 / temperature)  # [c, B]
+        block = half_scaled[:, rows, None] - half_scaled[:, None, :]  # [c, b, B]
+        block = block.sign_() if hard else block.tanh_()
+        to_reference = half_scaled[:, rows] - half_scaled.gather(1, reference_index[references, None])  # d(i,j) - d(i,i)
+        signed_to_reference = to_reference.sign_() if hard else to_reference.tanh_()
+        # sum_{k != i, j} step = [B + sum_k sign_k - (1 + 0) - (1 + sign_i)] / 2, sign_j = 0 for k = j.
+        ranks[references, rows] = (batch_size - 2 + block.sum(dim=2) - signed_to_reference) / (2 * (batch_size - 2))
+    return ranks.scatter_(1, reference_index[:, None], 0.0)
+
+
+class SoftRanks(torch.autograd.Function):
+    """``R_i(j)`` from ``[m, B]`` reference rows, in ``O(m B)`` saved memory (the analytic backward).
+
+    With ``G = dL/dR`` (``G_ii = 0``) and ``W_ijk = sigmoid'((d_ij - d_ik) / tau)`` over the valid
+    ``k``, ``dL/dd_ia = [G_ia sum_k W_iak - sum_j G_ij W_ija] / ((B - 2) tau)``, using ``W`` symmetric
+    in ``(j, k)``. Backward recomputes ``W`` block by block as ``(1 - tanh^2(x / 2)) / 4``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        reference_rows: torch.Tensor,
+        reference_index: torch.Tensor,
+        temperature: float,
+        reference_chunk_size: int | None,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(reference_rows, reference_index)
+        ctx.temperature = temperature
+        ctx.reference_chunk_size = reference_chunk_size
+        return _chunked_rank_sums(reference_rows, reference_index, temperature, False, reference_chunk_size)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_ranks: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        reference_rows, reference_index = ctx.saved_tensors
+        temperature = ctx.temperature
+        num_references, batch_size = reference_rows.shape
+        # R_i(i) is the constant 0: its incoming gradient must not leak into the other entries.
+        rank_grads = grad_ranks.to(reference_rows.dtype).scatter(1, reference_index[:, None], 0.0)  # [m, B]
+        grads = torch.zeros_like(reference_rows)  # [m, B], in units of 4 (B - 2) tau
+        for references, rows in comparison_blocks(num_references, batch_size, ctx.reference_chunk_size):
+            half_scaled = reference_rows[references] * (0.5 / temperature)  # [c, B]
+            # 4 sigmoid'(x) = 1 - tanh^2(x / 2); the k = j entry (1) appears in both terms and cancels.
+            weights = (half_scaled[:, rows, None] - half_scaled[:, None, :]).tanh_()
+            weights = weights.square_().neg_().add_(1.0)  # [c, b, B]
+            # The k = i term is excluded from sum_k W_iak: subtract it.
+            to_reference = half_scaled[:, rows] - half_scaled.gather(1, reference_index[references, None])
+            row_sums = weights.sum(dim=2) - to_reference.tanh_().square_().neg_().add_(1.0)
+            grads[references, rows] += rank_grads[references, rows] * row_sums
+            grads[references] -= torch.bmm(rank_grads[references, None, rows], weights).squeeze(1)
+        grads *= 0.25 / ((batch_size - 2) * temperature)
+        return grads.scatter_(1, reference_index[:, None], 0.0), None, None, None
+
+
+def soft_ranks_chunked(
+    reference_rows: torch.Tensor,
+    reference_index: torch.Tensor,
+    temperature: float,
+    reference_chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Same value and gradient as :func:`soft_ranks_reference`, in ``O(m B)`` memory kept for backward.
+
+    ``reference_rows`` ``[m, B]`` (differentiable), ``reference_index`` ``[m]`` -> ranks ``[m, B]``.
+    """
+    return SoftRanks.apply(reference_rows, reference_index, float(temperature), reference_chunk_size)
+
+
+def hard_ranks_chunked(
+    reference_rows: torch.Tensor, reference_index: torch.Tensor, reference_chunk_size: int | None = None
+) -> torch.Tensor:
+    """Same as :func:`hard_ranks` (no gradient), without the ``[m, B, B]`` tensor."""
+    with torch.no_grad():
+        return _chunked_rank_sums(reference_rows, reference_index, 1.0, True, reference_chunk_size)
+
+
 @register_loss
 class PerceptionCoherenceLoss(DistillationLoss):
     """Perception coherence: match the teacher's soft ranking of in-batch dissimilarities.
 
     ``L = 1/(m (B-1)) sum_i sum_{j != i} (R^S_i(j) - R^T_i(j))^2`` with soft ranks
     ``R_i(j) = 1/(B-2) sum_{k != i,j} sigmoid((d(i,j) - d(i,k)) / tau)`` (module docstring; Nguyen et
-    al., TMLR 2026, arXiv 2505.06595; the soft-rank construction is ours). Inputs: student ``[B, d_s]``,
+    al., TMLR 2026, arXiv 2505.06595, whose abstract defines coherence as agreeing on the order of
+    dissimilarities; the soft-rank loss is our construction). Inputs: student ``[B, d_s]``,
     teacher ``[B, d_t]``; the widths may differ (only dissimilarities are compared), so no projector.
 
     Options:
@@ -125,6 +258,10 @@ class PerceptionCoherenceLoss(DistillationLoss):
       hard_teacher_ranks: rank the teacher's dissimilarities exactly instead of softly.
       num_references: use ``m`` reference points sampled without replacement per batch instead of all
           ``B`` (``O(m B^2)`` work).
+      implementation: ``"auto"`` (default, = ``"chunked"``), ``"chunked"`` (:class:`SoftRanks`,
+          ``O(B^2)`` memory) or ``"reference"`` (the direct formula, ``O(m B^2)`` memory; for checking).
+      reference_chunk_size: references per block of the chunked implementation (default: as many as
+          keep a block under ``BLOCK_ELEMENTS`` comparisons).
 
     Example::
 
@@ -147,6 +284,8 @@ class PerceptionCoherenceLoss(DistillationLoss):
         scale: ScaleName = "std",
         hard_teacher_ranks: bool = False,
         num_references: int | None = None,
+        implementation: ImplementationName = "auto",
+        reference_chunk_size: int | None = None,
     ) -> None:
         super().__init__(student_dim, teacher_dim)
         if not temperature > 0:
@@ -155,12 +294,20 @@ class PerceptionCoherenceLoss(DistillationLoss):
             raise ValueError(f"scale={scale!r} must be one of 'std', 'median', 'none'")
         if num_references is not None and num_references < 1:
             raise ValueError(f"num_references={num_references} must be a positive integer or None (all points)")
+        if implementation not in ("auto", "chunked", "reference"):
+            raise ValueError(f"implementation={implementation!r} must be one of 'auto', 'chunked', 'reference'")
+        if reference_chunk_size is not None and (not isinstance(reference_chunk_size, int) or reference_chunk_size < 1):
+            raise ValueError(
+                f"reference_chunk_size={reference_chunk_size!r} must be a positive integer or None (sized automatically)"
+            )
         self.temperature = float(temperature)
         self.dissimilarity = get_dissimilarity(dissimilarity)
         self.teacher_dissimilarity = get_dissimilarity(teacher_dissimilarity or dissimilarity)
         self.scale = scale
         self.hard_teacher_ranks = hard_teacher_ranks
         self.num_references = num_references
+        self.implementation: Literal["chunked", "reference"] = "chunked" if implementation == "auto" else implementation
+        self.reference_chunk_size = reference_chunk_size
 
     def reference_index(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """The reference points of this batch: all of them, or ``num_references`` sampled ones."""
@@ -187,18 +334,60 @@ class PerceptionCoherenceLoss(DistillationLoss):
                 f"{batch_size}: raise per_device_train_batch_size"
             )
         references = self.reference_index(batch_size, student.device)
-        student_d = scale_dissimilarities(self.dissimilarity(student), self.scale)
-        with torch.no_grad():
-            teacher_d = scale_dissimilarities(self.teacher_dissimilarity(teacher), self.scale)
-            if self.hard_teacher_ranks:
-                teacher_ranks = hard_ranks(teacher_d[references], references)
+        all_references = len(references) == batch_size  # then references == arange(B): rows need no gather
+        # Ranks of near-equal distances are noise in bf16: everything below runs in float32 (or float64).
+        with torch.autocast(device_type=student.device.type, enabled=False):
+            with torch.no_grad():
+                teacher_d = self.scaled_dissimilarities(teacher, self.teacher_dissimilarity)  # [B, B]
+                teacher_ranks = self.teacher_ranks(teacher_d if all_references else teacher_d[references], references)
+                del teacher_d
+            if self.implementation == "reference":
+                student_d = self.scaled_dissimilarities(student, self.dissimilarity)
+                student_ranks = soft_ranks_reference(student_d[references], references, self.temperature)
             else:
-                teacher_ranks = soft_ranks_reference(teacher_d[references], references, self.temperature)
-        student_ranks = soft_ranks_reference(student_d[references], references, self.temperature)
-        return rank_disagreement(student_ranks, teacher_ranks.to(student_ranks.dtype), references)
+                # Recomputing the [B, B] dissimilarities in backward (O(B^2 d), small beside the O(m B^2)
+                # comparisons) means autograd keeps only the features and the scaled matrix, not the
+                # dissimilarity's own intermediates.
+                if student.requires_grad and torch.is_grad_enabled():
+                    student_d = checkpoint(self.scaled_dissimilarities, student, self.dissimilarity, use_reentrant=False)
+                else:
+                    student_d = self.scaled_dissimilarities(student, self.dissimilarity)
+                student_ranks = soft_ranks_chunked(
+                    student_d if all_references else student_d[references], references, self.temperature,
+                    self.reference_chunk_size,
+                )
+            return rank_disagreement(student_ranks, teacher_ranks.to(student_ranks.dtype), references)
+
+    def scaled_dissimilarities(self, features: torch.Tensor, dissimilarity: Dissimilarity) -> torch.Tensor:
+        """``[B, d] -> [B, B]``: the dissimilarities of one side, divided by their spread (``scale``)."""
+        return scale_dissimilarities(dissimilarity(self.rescaled(features, dissimilarity)), self.scale)
+
+    def rescaled(self, features: torch.Tensor, dissimilarity: Dissimilarity) -> torch.Tensor:
+        """Features divided by their (detached) largest entry where that changes no rank and no gradient.
+
+        The built-in dissimilarities are homogeneous and ``scale`` divides their spread out, so the ranks
+        do not depend on the features' scale; dividing first keeps squared distances of huge features
+        (1e20) from overflowing float32. Custom dissimilarities and ``scale="none"`` are left alone.
+        """
+        if self.scale == "none" or type(dissimilarity) not in (Euclidean, SquaredEuclidean, Cosine):
+            return features
+        features = features if features.dtype in (torch.float32, torch.float64) else features.float()
+        largest = features.detach().abs().amax()
+        return features / torch.where(largest > 0, largest, 1.0)
+
+    def teacher_ranks(self, reference_rows: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+        """The teacher's ranks ``[m, B]`` (soft, or hard with ``hard_teacher_ranks``), without gradient."""
+        if self.implementation == "reference":
+            if self.hard_teacher_ranks:
+                return hard_ranks(reference_rows, references)
+            return soft_ranks_reference(reference_rows, references, self.temperature)
+        if self.hard_teacher_ranks:
+            return hard_ranks_chunked(reference_rows, references, self.reference_chunk_size)
+        return _chunked_rank_sums(reference_rows, references, self.temperature, False, self.reference_chunk_size)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, temperature={self.temperature}, dissimilarity={self.dissimilarity}, "
-            f"scale={self.scale!r}, hard_teacher_ranks={self.hard_teacher_ranks}, num_references={self.num_references}"
+            f"scale={self.scale!r}, hard_teacher_ranks={self.hard_teacher_ranks}, num_references={self.num_references}, "
+            f"implementation={self.implementation!r}"
         )

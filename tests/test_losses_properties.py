@@ -1,0 +1,292 @@
+"""Properties of the loss set that users rely on: the registry, zeros at agreement, invariances, the
+Procrustes paper's counter-example to CKA and projected MSE, CosPress's training split, finite numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+from hf_pcoh.losses import (
+    LOSSES,
+    CKALoss,
+    CosPressLoss,
+    GramLoss,
+    LogitKDLoss,
+    ProcrustesLoss,
+    ProjectedMSELoss,
+    RKDDistanceLoss,
+    build_loss,
+)
+from hf_pcoh.losses.cospress import similarity_kl
+
+ALL_NAMES = {
+    "perception_coherence", "cospress", "procrustes", "gram", "cka", "projected_mse", "rkd_distance", "logit_kd",
+}
+SET_LOSSES = ["procrustes", "gram", "cka", "rkd_distance", "perception_coherence"]
+
+
+def orthogonal(size: int) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(size, size, dtype=torch.float64))[0]
+
+
+# ---- registry ---------------------------------------------------------------------------------------
+def test_registry_lists_every_loss_with_docstring_and_citation() -> None:
+    assert ALL_NAMES <= set(LOSSES)
+    for name in ALL_NAMES:
+        loss_class = LOSSES[name]
+        assert loss_class.citation.lstrip().startswith("@"), name
+        assert "Example::" in loss_class.__doc__, name
+    assert {name for name in LOSSES if LOSSES[name].batch_level} >= {"perception_coherence", "cospress", "procrustes", "gram", "cka", "rkd_distance"}
+
+
+def test_unknown_loss_name_fails_listing_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown loss 'procrustez'. Did you mean 'procrustes'") as error:
+        build_loss("procrustez", student_dim=4, teacher_dim=4)
+    assert all(name in str(error.value) for name in ALL_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("cospress", {"form": "joint"}, r"form='joint' must be 'full'"),
+        ("cospress", {"temperatures": [0.1, 0.0]}, r"temperatures=\[0.1, 0.0\]"),
+        ("procrustes", {"max_tokens": 1}, r"max_tokens=1 must be"),
+        ("rkd_distance", {"delta": -1.0}, r"delta=-1.0 must be > 0"),
+        ("logit_kd", {"temperature": 0}, r"temperature=0 must be > 0"),
+    ],
+)
+def test_bad_options_name_the_option_and_the_value(name: str, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_loss(name, student_dim=4, teacher_dim=4, **options)
+
+
+# ---- zero at agreement ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SET_LOSSES)
+def test_set_losses_vanish_when_student_equals_teacher(name: str) -> None:
+    features = torch.randn(24, 10)
+    assert build_loss(name, 10, 10)(features, features).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_projected_mse_and_logit_kd_vanish_at_agreement() -> None:
+    features = torch.randn(8, 6)
+    assert ProjectedMSELoss(6, 6)(features, features).item() == 0.0
+    logits = torch.randn(8, 5)
+    assert LogitKDLoss(5, 5)(logits, logits).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_cospress_vanishes_when_h_preserves_cosines_and_student_equals_h_of_teacher() -> None:
+    teacher = torch.randn(6, 5, 8)
+    teacher = (teacher - teacher.mean(-1, keepdim=True)) / teacher.std(-1, unbiased=False, keepdim=True)
+    loss = CosPressLoss(8, 8)
+    with torch.no_grad():  # h = LayerNorm (identity on these standardised rows) + identity map
+        loss.compression[1].weight.copy_(torch.eye(8))
+        loss.compression[1].bias.zero_()
+        student = loss.compress(teacher)
+    assert loss(student, teacher).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(student[:, 0], teacher[:, 0]).item() == pytest.approx(0.0, abs=1e-5)
+
+
+# ---- invariances ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("loss_class", [ProcrustesLoss, GramLoss, CKALoss])
+def test_set_losses_are_invariant_to_rotation_translation_and_scale_of_either_side(loss_class: type) -> None:
+    student, teacher = torch.randn(30, 5, dtype=torch.float64), torch.randn(30, 9, dtype=torch.float64)
+    loss = loss_class(5, 9)  # different widths
+    base = loss(student, teacher).item()
+    moved_student = 0.01 * student @ orthogonal(5) + 4.0
+    moved_teacher = 250.0 * teacher @ orthogonal(9) - 1.0
+    assert loss(moved_student, moved_teacher).item() == pytest.approx(base, rel=1e-9, abs=1e-12)
+    assert 0.0 < base < (1.0 if loss_class is CKALoss else 2.0)
+
+
+def test_rkd_distance_is_invariant_to_rigid_motions_and_scale() -> None:
+    student, teacher = torch.randn(20, 4, dtype=torch.float64), torch.randn(20, 7, dtype=torch.float64)
+    loss = RKDDistanceLoss(4, 7)
+    assert loss(3.0 * student @ orthogonal(4) + 1.0, teacher).item() == pytest.approx(loss(student, teacher).item(), rel=1e-6)
+
+
+def test_procrustes_equals_the_explicit_orthogonal_alignment_for_different_widths() -> None:
+    student, teacher = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 6, dtype=torch.float64)
+
+    def normalised(x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(0)
+        return centred / centred.norm()
+
+    s, t = normalised(student), normalised(teacher)
+    u, _, vh = torch.linalg.svd(s.T @ t, full_matrices=False)
+    aligned = s @ (u @ vh)  # Q [3, 6] with orthonormal rows: the best rotation of S into T's space
+    explicit = (aligned - t).pow(2).sum().item()
+    assert ProcrustesLoss(3, 6)(student, teacher).item() == pytest.approx(explicit, rel=1e-9)
+    for _ in range(5):  # no other Q with orthonormal rows does better
+        other = torch.linalg.qr(torch.randn(6, 3, dtype=torch.float64))[0].T
+        assert (s @ other - t).pow(2).sum().item() >= explicit
+
+
+def test_gram_loss_is_the_distance_between_normalised_gram_matrices_either_way_round() -> None:
+    student, teacher = torch.randn(50, 3, dtype=torch.float64), torch.randn(50, 4, dtype=torch.float64)
+    small_widths = GramLoss(3, 4)(student, teacher).item()  # N > d_s + d_t: computed through the widths
+    s, t = student - student.mean(0), teacher - teacher.mean(0)
+    s, t = s / s.norm(), t / t.norm()
+    assert small_widths == pytest.approx((s @ s.T - t @ t.T).pow(2).sum().item(), rel=1e-9)
+
+
+def test_geometry_counter_example_cka_and_projected_mse_vanish_but_procrustes_does_not() -> None:
+    """Bhattarai et al.'s point: the teacher is two antiparallel clusters whose points are each nudged along
+    their own orthogonal direction; the student keeps the clusters but crushes the nudges 1000-fold. A linear
+    map undoes the squashing (projected MSE = 0) and CKA is blind to low-variance directions (1 - CKA ~ 1e-5),
+    yet the geometry differs and the Procrustes distance sees it."""
+    points, nudged, nudge = 200, 100, 0.3
+    teacher = torch.zeros(points, nudged + 1, dtype=torch.float64)
+    teacher[:, 0] = torch.where(torch.arange(points) % 2 == 0, 1.0, -1.0)
+    teacher[torch.arange(nudged), 1 + torch.arange(nudged)] = nudge
+    student = teacher.clone()
+    student[:, 1:] *= 1e-3
+    width = nudged + 1
+    mse = ProjectedMSELoss(width, width, projector="linear").double()
+    with torch.no_grad():
+        mse.projector.weight.copy_(torch.linalg.lstsq(student, teacher).solution.T)
+    relative_mse = mse(student, teacher).item() / teacher.pow(2).mean().item()
+    cka_loss = CKALoss(width, width)(student, teacher).item()
+    procrustes = ProcrustesLoss(width, width)(student, teacher).item()
+    assert relative_mse < 1e-6
+    assert cka_loss < 5e-5
+    assert procrustes > 0.03 and procrustes > 500 * cka_loss
+
+
+def test_token_level_rows_follow_the_mask_and_are_subsampled() -> None:
+    student, teacher = torch.randn(3, 6, 4), torch.randn(3, 6, 5)
+    mask = torch.ones(3, 6)
+    mask[1, 3:] = 0
+    padded = student.clone()
+    padded[1, 3:] = 1e6  # padding must not matter
+    for loss_class in (ProcrustesLoss, GramLoss, CKALoss):
+        loss = loss_class(4, 5)
+        assert loss(padded, teacher, mask=mask).item() == pytest.approx(loss(student, teacher, mask=mask).item(), rel=1e-5)
+        kept = mask.bool()
+        assert loss(student, teacher, mask=mask).item() == pytest.approx(loss(student[kept], teacher[kept]).item(), rel=1e-5)
+    subsampled = ProcrustesLoss(4, 5, max_tokens=5)(student, teacher, mask=mask)
+    assert math.isfinite(subsampled.item())
+
+
+# ---- CosPress ------------------------------------------------------------------------------------
+def test_cospress_full_form_is_the_symmetrised_joint_kl() -> None:
+    """``full`` = KL between t-SNE-style joints P_ij ∝ p(j|i) + p(i|j), written out directly here."""
+    teacher_cos, compressed_cos = torch.rand(6, 6) * 2 - 1, torch.rand(6, 6) * 2 - 1
+    valid = ~torch.eye(6, dtype=torch.bool)
+
+    def joint(cosines: torch.Tensor, tau: float) -> torch.Tensor:
+        weights = torch.exp(cosines / tau) * valid
+        conditional = weights / weights.sum(1, keepdim=True)
+        symmetric = conditional + conditional.T
+        return symmetric / symmetric.sum()
+
+    for tau in (0.5, 0.05):
+        p, q = joint(teacher_cos, tau), joint(compressed_cos, tau)
+        expected = (p[valid] * (p[valid] / q[valid]).log()).sum()
+        torch.testing.assert_close(similarity_kl(teacher_cos, compressed_cos, valid, tau, "full"), expected, rtol=1e-4, atol=1e-6)
+        rowwise = F.kl_div(F.log_softmax(compressed_cos / tau - 1e9 * ~valid, 1), F.log_softmax(teacher_cos / tau - 1e9 * ~valid, 1), log_target=True, reduction="batchmean")
+        torch.testing.assert_close(similarity_kl(teacher_cos, compressed_cos, valid, tau, "rowwise"), rowwise, rtol=1e-4, atol=1e-6)
+
+
+def test_cospress_map_losses_train_h_only_and_feature_losses_train_the_student_only() -> None:
+    student = torch.randn(4, 5, 6, requires_grad=True)
+    teacher = torch.randn(4, 5, 10)
+    maps_only = CosPressLoss(6, 10, lambda_feature=0.0, lambda_token=0.0)
+    maps_only(student, teacher).backward()
+    assert student.grad is None and maps_only.compression[1].weight.grad.abs().sum() > 0
+    features_only = CosPressLoss(6, 10, lambda_local=0.0, lambda_global=0.0)
+    features_only(student, teacher).backward()
+    assert student.grad.abs().sum() > 0 and features_only.compression[1].weight.grad is None
+
+
+def test_cospress_rejects_token_maps_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match=r"same B \(and T\), got \(2, 5, 4\) and \(2, 7, 8\)"):
+        CosPressLoss(4, 8)(torch.randn(2, 5, 4), torch.randn(2, 7, 8))
+
+
+def test_cospress_local_loss_ignores_padding_tokens() -> None:
+    student, teacher = torch.randn(2, 6, 4), torch.randn(2, 6, 8)
+    mask = torch.ones(2, 6)
+    mask[1, 4:] = 0
+    loss = CosPressLoss(4, 8, lambda_global=0.0, lambda_token=0.0)
+    padded = loss(student, teacher, mask=mask).item()
+    altered_teacher = teacher.clone()
+    altered_teacher[1, 4:] = torch.randn(2, 8) * 100  # padding content must not matter
+    assert loss(student, altered_teacher, mask=mask).item() == pytest.approx(padded, rel=1e-6)
+    separately = (loss(student[:1], teacher[:1]).item() + loss(student[1:, :4], teacher[1:, :4]).item()) / 2
+    assert padded == pytest.approx(separately, rel=1e-5)
+
+
+def test_cospress_training_h_preserves_teacher_cosines_better() -> None:
+    teacher = torch.randn(32, 16) @ torch.randn(16, 16)
+    loss = CosPressLoss(4, 16, lambda_token=0.0)  # pooled: only the global map loss is left
+    optimiser = torch.optim.Adam(loss.parameters(), lr=3e-2)
+    values = []
+    for _ in range(40):
+        value = loss(torch.randn(32, 4), teacher)
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+        values.append(value.item())
+    assert values[-1] < 0.7 * values[0]
+
+
+# ---- logit KD ------------------------------------------------------------------------------------
+def test_logit_kd_is_temperature_squared_kl_and_shift_invariant() -> None:
+    student, teacher = torch.randn(6, 7), torch.randn(6, 7)
+    loss = LogitKDLoss(7, 7, temperature=3.0)
+    expected = 9.0 * F.kl_div(F.log_softmax(student / 3, -1), F.log_softmax(teacher / 3, -1), log_target=True, reduction="batchmean")
+    assert loss(student, teacher).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss(student + 5.0, teacher - 2.0).item() == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="student_dim=7 and teacher_dim=5"):
+        LogitKDLoss(7, 5)
+
+
+# ---- precision -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["cospress", "procrustes", "gram", "cka", "rkd_distance", "logit_kd"])
+def test_bf16_autocast_inputs_are_compared_in_float32(name: str) -> None:
+    student = torch.randn(16, 6).bfloat16().requires_grad_(True)
+    teacher = torch.randn(16, 6).bfloat16()
+    loss = build_loss(name, student_dim=6, teacher_dim=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(student, teacher)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(loss(student.float(), teacher.float()).item(), rel=1e-5, abs=1e-6)
+
+
+# ---- numbers stay finite -------------------------------------------------------------------------
+@st.composite
+def degenerate_features(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
+    batch_size = draw(st.integers(3, 8))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    student, teacher = torch.randn(batch_size, 4, generator=generator), torch.randn(batch_size, 6, generator=generator)
+    kind = draw(st.sampled_from(["duplicates", "zero_rows", "all_zero", "plain"]))
+    if kind == "duplicates":
+        student[1:] = student[0]
+        teacher[2:] = teacher[1]
+    elif kind == "zero_rows":
+        student[:2] = 0.0
+        teacher[0] = 0.0
+    elif kind == "all_zero":
+        student.zero_()
+        teacher.zero_()
+    return student * 10.0 ** draw(st.sampled_from([-30, -6, 0, 6, 30])), teacher * 10.0 ** draw(st.sampled_from([-20, 0, 20]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=degenerate_features(), name=st.sampled_from(["cospress", "procrustes", "gram", "cka", "rkd_distance", "logit_kd"]))
+def test_finite_values_and_gradients_on_degenerate_batches(batch: tuple[torch.Tensor, torch.Tensor], name: str) -> None:
+    student, teacher = batch
+    if name == "logit_kd":
+        teacher = teacher[:, :4]
+    student.requires_grad_(True)
+    loss = build_loss(name, student_dim=4, teacher_dim=teacher.shape[1])
+    value = loss(student, teacher)
+    value.backward()
+    assert math.isfinite(value.item())
+    assert torch.isfinite(student.grad).all()
+    assert all(torch.isfinite(parameter.grad).all() for parameter in loss.parameters() if parameter.grad is not None)

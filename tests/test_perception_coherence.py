@@ -1,0 +1,183 @@
+"""Perception coherence: the chunked autograd.Function equals the direct formula, and the loss has the
+properties its docstring promises (invariances, tau -> 0 limit, Spearman, float32 under autocast, memory)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hf_pcoh.losses import PerceptionCoherenceLoss, build_loss
+from hf_pcoh.losses import perception_coherence as pc
+
+
+def random_rows(num_references: int, batch_size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[m, B]`` dissimilarity rows with a zero at each reference's own column, and the reference index."""
+    index = torch.randperm(batch_size)[:num_references]
+    rows = torch.rand(num_references, batch_size, dtype=dtype).scatter(1, index[:, None], 0.0)
+    return rows, index
+
+
+def loss_and_grad(loss: PerceptionCoherenceLoss, student: torch.Tensor, teacher: torch.Tensor, seed: int = 0):
+    student = student.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)  # the same sampled references for every implementation
+    value = loss(student, teacher)
+    (grad,) = torch.autograd.grad(value, student)
+    return value.detach(), grad
+
+
+@pytest.mark.parametrize("num_references", [9, 4])
+def test_soft_ranks_gradcheck_float64(num_references: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tiny block budget forces the backward to split references *and* rows into blocks.
+    monkeypatch.setattr(pc, "BLOCK_ELEMENTS", 20)
+    rows, index = random_rows(num_references, 9)
+    rows.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: pc.soft_ranks_chunked(x, index, 0.2, 2), (rows,))
+
+
+def test_loss_gradcheck_through_features_and_scaling() -> None:
+    student = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(7, 5, dtype=torch.float64)
+    for scale in ("std", "median", "none"):
+        loss = PerceptionCoherenceLoss(3, 5, temperature=0.5, scale=scale, reference_chunk_size=2)
+        assert torch.autograd.gradcheck(lambda x: loss(x, teacher), (student,))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"dissimilarity": "cosine"},
+        {"dissimilarity": "squared_euclidean", "scale": "median", "temperature": 0.03},
+        {"hard_teacher_ranks": True, "num_references": 20},
+        {"teacher_dissimilarity": "cosine", "scale": "none", "reference_chunk_size": 7},
+    ],
+)
+def test_chunked_equals_reference(options: dict) -> None:
+    student, teacher = torch.randn(96, 12), torch.randn(96, 20)
+    chunked = loss_and_grad(build_loss("perception_coherence", 12, 20, implementation="chunked", **options), student, teacher)
+    reference = loss_and_grad(build_loss("perception_coherence", 12, 20, implementation="reference", **options), student, teacher)
+    torch.testing.assert_close(chunked[0], reference[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunked[1], reference[1], atol=1e-6 * reference[1].abs().max().item(), rtol=1e-5)
+
+
+def test_chunked_equals_reference_at_batch_512_with_sampled_references() -> None:
+    student, teacher = torch.randn(512, 32), torch.randn(512, 48)
+    options = dict(num_references=48)
+    chunked = loss_and_grad(PerceptionCoherenceLoss(32, 48, implementation="auto", **options), student, teacher, seed=3)
+    reference = loss_and_grad(PerceptionCoherenceLoss(32, 48, implementation="reference", **options), student, teacher, seed=3)
+    assert abs(chunked[0].item() - reference[0].item()) <= 1e-5 * max(reference[0].item(), 1e-3)
+    assert (chunked[1] - reference[1]).abs().max() <= 1e-5 * reference[1].abs().max()
+
+
+def test_chunked_keeps_no_cubic_tensor_for_backward() -> None:
+    """What autograd keeps between forward and backward: O(B^2) for chunked, O(B^3) for the direct formula."""
+    batch_size = 128
+
+    def saved_elements(implementation: str) -> int:
+        total = 0
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += tensor.numel()
+            return tensor
+
+        student = torch.randn(batch_size, 8, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            PerceptionCoherenceLoss(8, 8, implementation=implementation)(student, torch.randn(batch_size, 8))
+        return total
+
+    assert saved_elements("chunked") < 20 * batch_size**2
+    assert saved_elements("reference") > batch_size**3
+
+
+def test_zero_when_student_equals_teacher_and_invariant_to_rigid_motions_and_scale() -> None:
+    teacher = torch.randn(40, 6, dtype=torch.float64)
+    loss = PerceptionCoherenceLoss(6, 6)
+    assert loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-12)
+    student = torch.randn(40, 4, dtype=torch.float64)
+    base = loss(student, teacher).item()
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
+    moved = 3.7 * student @ rotation + torch.randn(1, 4, dtype=torch.float64)  # rotate, scale, translate
+    teacher_rotation, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    assert loss(moved, teacher @ teacher_rotation - 5.0).item() == pytest.approx(base, rel=1e-9)
+
+
+def test_soft_ranks_tend_to_hard_ranks_as_temperature_vanishes() -> None:
+    rows, index = random_rows(10, 30)
+    hard = pc.hard_ranks(rows, index)
+    torch.testing.assert_close(pc.hard_ranks_chunked(rows, index, 3), hard)
+    errors = [(pc.soft_ranks_chunked(rows, index, tau) - hard).abs().max().item() for tau in (1e-1, 1e-2, 1e-6)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-9
+
+
+def test_loss_with_near_hard_ranks_is_affine_in_spearman_rho() -> None:
+    """With hard ranks on both sides, L = mean_i (1 - rho_i) * B / (6 (B - 2)), rho_i Spearman's rho at i."""
+    batch_size = 25
+    student, teacher = torch.randn(batch_size, 5, dtype=torch.float64), torch.randn(batch_size, 5, dtype=torch.float64)
+    loss = PerceptionCoherenceLoss(5, 5, temperature=1e-7, hard_teacher_ranks=True, scale="none")
+    student_d, teacher_d = torch.cdist(student, student), torch.cdist(teacher, teacher)
+    rhos = []
+    for i in range(batch_size):
+        others = [j for j in range(batch_size) if j != i]
+        student_rank = student_d[i, others].argsort().argsort().double()
+        teacher_rank = teacher_d[i, others].argsort().argsort().double()
+        rhos.append(torch.corrcoef(torch.stack([student_rank, teacher_rank]))[0, 1].item())
+    expected = sum(1 - rho for rho in rhos) / batch_size * batch_size / (6 * (batch_size - 2))
+    assert loss(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bf16_autocast_computes_in_float32() -> None:
+    student = torch.randn(32, 8).bfloat16().requires_grad_(True)
+    teacher = torch.randn(32, 8).bfloat16()
+    loss = PerceptionCoherenceLoss(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(student, teacher)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(loss(student.float(), teacher.float()).item(), rel=1e-6)
+    value.backward()
+    assert student.grad is not None and torch.isfinite(student.grad.float()).all()
+
+
+def test_options_are_validated_with_the_value_and_what_works() -> None:
+    with pytest.raises(ValueError, match=r"implementation='fast'.*'auto', 'chunked', 'reference'"):
+        PerceptionCoherenceLoss(4, 4, implementation="fast")
+    with pytest.raises(ValueError, match=r"reference_chunk_size=0"):
+        PerceptionCoherenceLoss(4, 4, reference_chunk_size=0)
+    with pytest.raises(ValueError, match="at least 3 points"):
+        PerceptionCoherenceLoss(4, 4)(torch.randn(2, 4), torch.randn(2, 4))
+
+
+@st.composite
+def degenerate_batches(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small batches with duplicated rows, zero rows or all-zero sides, at scales from 1e-30 to 1e30."""
+    batch_size = draw(st.integers(3, 9))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    student, teacher = torch.randn(batch_size, 4, generator=generator), torch.randn(batch_size, 5, generator=generator)
+    kind = draw(st.sampled_from(["duplicates", "zero_rows", "all_zero_student", "all_equal_teacher", "plain"]))
+    if kind == "duplicates":
+        student[1:] = student[0]
+        teacher[-1] = teacher[0]
+    elif kind == "zero_rows":
+        student[0] = 0.0
+        teacher[:2] = 0.0
+    elif kind == "all_zero_student":
+        student.zero_()
+    elif kind == "all_equal_teacher":
+        teacher[:] = teacher[0]
+    scale = 10.0 ** draw(st.sampled_from([-30, -8, 0, 8, 30]))
+    return student * scale, teacher * draw(st.sampled_from([1e-20, 1.0, 1e20]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=degenerate_batches(), implementation=st.sampled_from(["chunked", "reference"]))
+def test_finite_value_and_gradient_on_degenerate_batches(batch: tuple[torch.Tensor, torch.Tensor], implementation: str) -> None:
+    student, teacher = batch
+    student.requires_grad_(True)
+    value = PerceptionCoherenceLoss(4, 5, implementation=implementation)(student, teacher)
+    value.backward()
+    assert math.isfinite(value.item()) and 0.0 <= value.item() <= 1.0
+    assert torch.isfinite(student.grad).all()

@@ -5,3 +5,5 @@ EVAL_RESULTS_FILE = "eval_results.json"  # student vs teacher on held-out data
 HEADS_FILE = "distillation_heads.safetensors"  # the losses' learned heads (projectors, CosPress map)
 TEACHER_PROCESSOR_DIR = "teacher_processor"  # the teacher's processor, when it differs from the student's
 MODEL_CARD_FILE = "README.md"
+LAYER_QUALITY_TABLE_FILE = "layer_quality.md"  # knowledge quality per teacher layer (teacher_layers auto)
+LAYER_QUALITY_PLOT_FILE = "layer_quality.png"

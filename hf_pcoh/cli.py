@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,10 +14,12 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from .artifacts import LAYER_QUALITY_PLOT_FILE
+from .auto_layers import choose_teacher_layers
 from .config import DistillationConfig
 from .hub import PublishError
 from .losses.base import unknown_name_message
-from .pipeline import run_distillation
+from .pipeline import build_setup, run_distillation
 from .student_report import summary_line
 
 logger = logging.getLogger(__name__)
@@ -87,4 +90,33 @@ def distill_main(argv: list[str] | None = None) -> int:
     print(f"student saved to {os.path.abspath(result.output_dir)}")
     if result.evaluation is not None:
         print(summary_line(result.evaluation))
+    return 0
+
+
+def select_layers_main(argv: list[str] | None = None) -> int:
+    """Print the knowledge quality of every teacher layer of a recipe and save its plot.
+
+    ``[RECIPE] [--field value ...] [--layer_selection_top_k K]``: the teacher, data and labels of the
+    recipe; the table marks the top-K layers (default: as many as the recipe's student layers).
+    """
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        config = parse_distillation_args(argv)
+        top_k = config.layer_selection_top_k or len(config.student_layers)
+        # Build the models and data as the recipe says, with fixed layers: the choice is made here.
+        setup = build_setup(dataclasses.replace(config, teacher_layers=["last"] * len(config.student_layers)))
+        choice = choose_teacher_layers(
+            setup.teacher, setup.collator.teacher_processor, setup.train_dataset, setup.collator.input_column,
+            setup.collator.label_column, setup.modality, config.teacher_pooling or config.pooling, top_k=top_k,
+            num_samples=config.layer_selection_samples, max_length=config.max_length, device=config.device,
+            seed=config.seed,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    os.makedirs(config.output_dir, exist_ok=True)
+    plot_path = os.path.join(config.output_dir, LAYER_QUALITY_PLOT_FILE)
+    choice.plot(plot_path)
+    print(choice.table())
+    print(f"top {top_k} teacher layers by knowledge quality: {choice.selected}; plot saved to {plot_path}")
     return 0

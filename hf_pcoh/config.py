@@ -18,6 +18,7 @@ from .losses.base import unknown_name_message
 
 POOLINGS = ("cls", "mean", "last_token", "gap", "none")
 NAMED_LAYERS = ("last", "pooler")
+AUTO_LAYERS = "auto"
 
 
 def parse_layer(value: int | str, option: str) -> int | str:
@@ -132,7 +133,21 @@ class DistillationConfig(TrainingArguments):
                   "(0 = embeddings, negative from the end), 'last' or 'pooler'."},
     )
     teacher_layers: list[str] = field(
-        default_factory=lambda: ["last"], metadata={"help": "Teacher layers, one per student layer."}
+        default_factory=lambda: ["last"],
+        metadata={"help": "Teacher layers, one per student layer; or 'auto': the top layers by knowledge quality "
+                  "(Cooper et al. 2025), as many as student layers, paired in depth order (needs labels)."},
+    )
+    layer_selection_top_k: int | None = field(
+        default=None, metadata={"help": "With teacher_layers auto: how many layers to choose (default and only valid "
+                                "value: the number of student layers)."}
+    )
+    layer_selection_samples: int = field(
+        default=2000, metadata={"help": "With teacher_layers auto: labelled training rows the quality is measured on."}
+    )
+    fit_head_by_probe: bool = field(
+        default=False,
+        metadata={"help": "Feature-only distillation: after training, fit the student's classification head by a "
+                  "linear probe on its frozen features (no cross-entropy reaches the backbone); needs labels."},
     )
     pooling: str = field(
         default="mean",
@@ -202,10 +217,20 @@ class DistillationConfig(TrainingArguments):
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"{option} must be a JSON object (dict), got {value!r}")
         self.student_layers = [parse_layer(layer, "student_layers") for layer in self.student_layers]
-        self.teacher_layers = [parse_layer(layer, "teacher_layers") for layer in self.teacher_layers]
         if not self.student_layers or not self.teacher_layers:
             raise ValueError("student_layers and teacher_layers must each name at least one layer (e.g. last)")
-        if len(self.student_layers) != len(self.teacher_layers):
+        if self.teacher_layers_auto:
+            top_k = self.layer_selection_top_k or len(self.student_layers)
+            if top_k != len(self.student_layers):
+                raise ValueError(
+                    f"layer_selection_top_k={top_k} must equal the number of student layers "
+                    f"({len(self.student_layers)}: {self.student_layers}): the chosen teacher layers pair one-to-one"
+                )
+            if self.layer_selection_samples < 20:
+                raise ValueError(f"layer_selection_samples={self.layer_selection_samples} is too few (try 2000)")
+        else:
+            self.teacher_layers = [parse_layer(layer, "teacher_layers") for layer in self.teacher_layers]
+        if not self.teacher_layers_auto and len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(
                 f"student_layers={self.student_layers} and teacher_layers={self.teacher_layers} must have the same "
                 "length: they are paired one-to-one"
@@ -256,6 +281,11 @@ class DistillationConfig(TrainingArguments):
                 f"per_device_train_batch_size={self.per_device_train_batch_size} is too small: the batch-level "
                 f"loss(es) {batch_level} compare points of a batch and need at least {needed} per batch (try 32)"
             )
+
+    @property
+    def teacher_layers_auto(self) -> bool:
+        """True while the teacher layers are still to be chosen by knowledge quality."""
+        return [str(layer) for layer in self.teacher_layers] == [AUTO_LAYERS]
 
     def loss_options(self, name: str) -> dict[str, Any]:
         """The keyword options given for loss ``name`` in ``loss_kwargs``."""

@@ -588,6 +588,7 @@ def build_model_card(
         losses=losses,
         dataset=dataset_context,
         terms=description.get("terms", []),
+        layer_selection=layer_selection_context(description.get("layer_selection")),
         recipe_yaml=yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, default_flow_style=None).strip(),
         results=results_context,
         plots=plots,
@@ -603,6 +604,18 @@ def build_model_card(
             text = text.replace(value, REDACTED)
         card = ModelCard(text)
     return card
+
+
+def layer_selection_context(selection: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Rows of the knowledge-quality table when the teacher layers were chosen automatically."""
+    if not selection:
+        return None
+    rows = [
+        {"layer": layer, "selected": int(layer) in selection["selected"],
+         **{name: f"{quality[name]:.3f}" for name in ("separation", "information", "efficiency", "quality")}}
+        for layer, quality in selection["qualities"].items()
+    ]
+    return {"selected": selection["selected"], "rows": rows}
 
 
 def write_model_card(

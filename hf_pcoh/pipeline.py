@@ -13,16 +13,24 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedModel
 
 from . import __version__
-from .artifacts import DISTILLATION_CONFIG_FILE, EVAL_RESULTS_FILE
+from .artifacts import (
+    DISTILLATION_CONFIG_FILE,
+    EVAL_RESULTS_FILE,
+    LAYER_QUALITY_PLOT_FILE,
+    LAYER_QUALITY_TABLE_FILE,
+)
+from .auto_layers import choose_teacher_layers
 from .collator import DistillationCollator
 from .config import DistillationConfig
 from .data import load_splits
 from .features import FeatureExtractor
 from .hub import publish, write_model_card
+from .probe_head import fit_head_by_probe, head_accuracy
 from .models import (
     build_from_config,
     config_from_dict,
@@ -56,7 +64,7 @@ class DistillationSetup:
 
 def needs_logits(config: DistillationConfig) -> tuple[bool, bool]:
     """(teacher needs logits, student needs logits)."""
-    return config.logit_kd_weight > 0, config.ce_weight > 0 or config.logit_kd_weight > 0
+    return config.logit_kd_weight > 0, config.ce_weight > 0 or config.logit_kd_weight > 0 or config.fit_head_by_probe
 
 
 def choose_input_column(config: DistillationConfig, columns: list[str], vision: bool) -> str:
@@ -175,7 +183,17 @@ def build_setup(config: DistillationConfig) -> DistillationSetup:
         label_column=label_column,
         max_length=config.max_length,
     )
-    return DistillationSetup(config, teacher, student, collator, train, evaluation, collator.modality)
+    setup = DistillationSetup(config, teacher, student, collator, train, evaluation, collator.modality)
+    if config.teacher_layers_auto:
+        choice = choose_teacher_layers(
+            teacher, teacher_processor, train, input_column, label_column, collator.modality,
+            config.teacher_pooling or config.pooling, top_k=len(config.student_layers),
+            num_samples=config.layer_selection_samples, max_length=config.max_length, device=config.device,
+            seed=config.seed,
+        )
+        config.teacher_layers = choice.selected
+        setup.extra["layer_choice"] = choice
+    return setup
 
 
 def embedding_extractors(config: DistillationConfig) -> tuple[FeatureExtractor, FeatureExtractor]:
@@ -227,6 +245,7 @@ def describe_run(setup: DistillationSetup, trainer: DistillationTrainer) -> dict
             "pooling": student_extractor.pooling,
             "teacher_pooling": teacher_extractor.pooling,
         },
+        "layer_selection": setup.extra["layer_choice"].to_dict() if "layer_choice" in setup.extra else None,
         "modality": setup.modality,
         "task": "image-feature-extraction" if setup.modality == "vision" else "feature-extraction",
     }
@@ -258,17 +277,25 @@ def run_distillation(config: DistillationConfig) -> DistillationResult:
         collator=setup.collator,
     )
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    student = trainer.accelerator.unwrap_model(trainer.model).student
+    if config.fit_head_by_probe:
+        fit_probe_head_on_sample(setup, student)
     trainer.save_model()
     trainer.save_state()
     description = describe_run(setup, trainer)
     evaluation = None
     if trainer.args.should_save:
         write_json(os.path.join(config.output_dir, DISTILLATION_CONFIG_FILE), description)
+        if "layer_choice" in setup.extra:
+            choice = setup.extra["layer_choice"]
+            with open(os.path.join(config.output_dir, LAYER_QUALITY_TABLE_FILE), "w", encoding="utf-8") as stream:
+                stream.write(choice.table() + "\n")
+            choice.plot(os.path.join(config.output_dir, LAYER_QUALITY_PLOT_FILE))
         if config.evaluate_after_training and setup.eval_dataset is not None:
             student_extractor, teacher_extractor = embedding_extractors(config)
             evaluation = compare_teacher_and_student(
                 teacher=setup.teacher,
-                student=trainer.accelerator.unwrap_model(trainer.model).student,
+                student=student,
                 teacher_processor=setup.collator.teacher_processor,
                 student_processor=setup.collator.student_processor,
                 train_dataset=setup.train_dataset,
@@ -282,11 +309,30 @@ def run_distillation(config: DistillationConfig) -> DistillationResult:
                 device=trainer.args.device,
                 dataset_name=config.dataset_name,
             )
+            if config.fit_head_by_probe:
+                evaluation["student"]["probe_head_accuracy"] = head_accuracy(
+                    student, setup.collator.student_processor, setup.eval_dataset[setup.collator.input_column],
+                    np.asarray(setup.eval_dataset[setup.collator.label_column]), setup.modality,
+                    max_length=config.max_length, device=trainer.args.device,
+                )
             write_json(os.path.join(config.output_dir, EVAL_RESULTS_FILE), evaluation)
         write_model_card(config.output_dir)
         if config.push_to_hub:
             publish(config.output_dir, config.hub_model_id, private=bool(config.hub_private_repo), token=config.hub_token)
     return DistillationResult(config.output_dir, dict(train_output.metrics), evaluation)
+
+
+def fit_probe_head_on_sample(setup: DistillationSetup, student: PreTrainedModel, max_samples: int = 5000) -> None:
+    """Fit the student's head by a linear probe on (a sample of) the training split's frozen features."""
+    label_column = setup.collator.label_column
+    if label_column is None:
+        raise ValueError("fit_head_by_probe needs class labels: set label_column")
+    sample = setup.train_dataset.select(range(min(max_samples, len(setup.train_dataset))))
+    fit_head_by_probe(
+        student, setup.collator.student_processor, sample[setup.collator.input_column],
+        np.asarray(sample[label_column]), setup.modality, max_length=setup.config.max_length,
+        device=setup.config.device, seed=setup.config.seed,
+    )
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:

@@ -132,8 +132,8 @@ def similarity_map_loss(
 
 @register_loss
 class CosPressLoss(DistillationLoss):
-    """CosPress (Mannix et al., TMLR 2025, arXiv 2411.15239, Algorithm 1): learn ``h: d_t -> d_s`` preserving cosine
-    similarities, and pull the student onto ``h(teacher)``.
+    """CosPress (Mannix et al., TMLR 2025, arXiv 2411.15239, Algorithm 1): learn ``h: d_t -> d_s``
+    preserving cosine similarities, and pull the student onto ``h(teacher)``.
 
     ``L = lambda_local L_local + lambda_global L_global + lambda_feature L_feature + lambda_token L_token``
     (formulas in the module docstring; the map losses are the paper's similarity-preserving KL terms,

@@ -26,12 +26,13 @@ keeps the ``[m, B, B]`` comparison tensor, ``O(m B^2)`` memory (``O(B^3)`` with 
 reference). ``chunked`` (the default) is :class:`SoftRanks`, a ``torch.autograd.Function`` that sums
 the comparisons a block of references at a time and, in backward, recomputes them block by block
 from ``sigmoid'(x) = s (1 - s)``, so only ``[m, B]`` tensors outlive a block: ``O(B^2)`` memory with
-a bounded ``O(c B^2)`` transient for ``c`` references per block.
+a bounded transient block of at most ``BLOCK_ELEMENTS`` comparisons (``c`` references x ``B^2``, rows
+split further when one reference's ``B^2`` exceeds it). The student's dissimilarity matrix is
+recomputed in backward (activation checkpointing) so that its intermediates are not kept either.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 import torch
@@ -48,8 +49,6 @@ PERCEPTION_COHERENCE_CITATION = """@article{nguyen2026perception,
   year    = {2026},
   note    = {arXiv:2505.06595}
 }"""
-
-logger = logging.getLogger(__name__)
 
 ScaleName = Literal["std", "median", "none"]
 ImplementationName = Literal["auto", "chunked", "reference"]
@@ -167,7 +166,8 @@ def _chunked_rank_sums(
         half_scaled = reference_rows[references] * (0.5 / temperature)  # [c, B]
         block = half_scaled[:, rows, None] - half_scaled[:, None, :]  # [c, b, B]
         block = block.sign_() if hard else block.tanh_()
-        to_reference = half_scaled[:, rows] - half_scaled.gather(1, reference_index[references, None])  # d(i,j) - d(i,i)
+        # d(i, j) - d(i, i): the excluded k = i term.
+        to_reference = half_scaled[:, rows] - half_scaled.gather(1, reference_index[references, None])
         signed_to_reference = to_reference.sign_() if hard else to_reference.tanh_()
         # sum_{k != i, j} step = [B + sum_k sign_k - (1 + 0) - (1 + sign_i)] / 2, sign_j = 0 for k = j.
         ranks[references, rows] = (batch_size - 2 + block.sum(dim=2) - signed_to_reference) / (2 * (batch_size - 2))

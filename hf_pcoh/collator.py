@@ -13,6 +13,19 @@ import numpy as np
 import torch
 
 
+# Batch keys of teacher features read from the teacher-feature cache instead of running the teacher.
+CACHED_FEATURES_KEY = "cached_teacher_features"
+CACHED_LOGITS_KEY = "cached_teacher_logits"
+
+
+def cached_feature_column(pair_index: int) -> str:
+    """The data set column holding the cached teacher features of layer pair ``pair_index``."""
+    return f"teacher_features_{pair_index}"
+
+
+CACHED_LOGITS_COLUMN = "teacher_logits"
+
+
 def as_channels_last_uint8(image: Any) -> np.ndarray:
     """A PIL image, nested list or array -> ``[H, W, C]`` array (grey images get ``C = 1``)."""
     array = np.asarray(image)
@@ -35,7 +48,8 @@ class DistillationCollator:
     """``rows -> {"student_inputs": {...}, "teacher_inputs": {...}?, "labels": [B]?}``.
 
     ``teacher_inputs`` is present only when the teacher has its own processor; otherwise the teacher
-    reads ``student_inputs``.
+    reads ``student_inputs``. Rows that carry cached teacher features (``teacher_features_<i>`` columns,
+    see :mod:`hf_pcoh.teacher_cache`) yield them as ``cached_teacher_features`` and no teacher inputs.
     """
 
     student_processor: Any
@@ -48,7 +62,15 @@ class DistillationCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raw = [row[self.input_column] for row in rows]
         batch: dict[str, Any] = {"student_inputs": process(self.student_processor, raw, self.modality, self.max_length)}
-        if self.teacher_processor is not self.student_processor:
+        if cached_feature_column(0) in rows[0]:
+            pairs = sum(1 for column in rows[0] if column.startswith("teacher_features_"))
+            batch[CACHED_FEATURES_KEY] = [
+                torch.tensor(np.asarray([row[cached_feature_column(i)] for row in rows]), dtype=torch.float32)
+                for i in range(pairs)
+            ]
+            if CACHED_LOGITS_COLUMN in rows[0]:
+                batch[CACHED_LOGITS_KEY] = torch.tensor(np.asarray([row[CACHED_LOGITS_COLUMN] for row in rows]), dtype=torch.float32)
+        elif self.teacher_processor is not self.student_processor:
             batch["teacher_inputs"] = process(self.teacher_processor, raw, self.modality, self.max_length)
         if self.label_column is not None:
             batch["labels"] = torch.tensor([row[self.label_column] for row in rows], dtype=torch.long)

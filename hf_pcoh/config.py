@@ -177,6 +177,11 @@ class DistillationConfig(TrainingArguments):
         default=0.0, metadata={"help": "Weight of Hinton logit KD (teacher and student must both output logits)."}
     )
     logit_kd_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the teacher-feature cache: the teacher's features are computed once (keyed by a "
+                  "fingerprint of teacher, layers, pooling and data) and training reads them instead of running it."},
+    )
     evaluate_after_training: bool = field(
         default=True,
         metadata={"help": "Embed the eval split with teacher and student after training and write eval_results.json."},

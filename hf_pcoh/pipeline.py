@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, set_seed
 
 from . import __version__
 from .artifacts import (
@@ -42,6 +42,7 @@ from .models import (
 )
 
 from .student_report import compare_teacher_and_student
+from .teacher_cache import add_cached_teacher_features
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def check_tokenizer_fits(role: str, model: PreTrainedModel, tokenizer: Any, conf
 
 def build_setup(config: DistillationConfig) -> DistillationSetup:
     """Load data, models and processors as the config says; fail early with a clear message."""
+    set_seed(config.seed)  # models built from configs (and their heads) start from the same weights every run
     splits = load_splits(config.dataset_name, config.dataset_config_name)
     label_feature = splits[next(iter(splits))].features.get(config.label_column or "label")
     num_labels = getattr(label_feature, "num_classes", None)
@@ -193,6 +195,14 @@ def build_setup(config: DistillationConfig) -> DistillationSetup:
         )
         config.teacher_layers = choice.selected
         setup.extra["layer_choice"] = choice
+    if config.teacher_cache:
+        teacher_pooling = config.teacher_pooling or config.pooling
+        setup.train_dataset = add_cached_teacher_features(
+            setup.train_dataset, config.teacher_cache, teacher, teacher_processor,
+            [FeatureExtractor(layer, teacher_pooling, "teacher") for layer in config.teacher_layers],
+            input_column, collator.modality, config.max_length, with_logits=config.logit_kd_weight > 0,
+            device=config.device,
+        )
     return setup
 
 

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .artifacts import HEADS_FILE, TEACHER_PROCESSOR_DIR
-from .collator import DistillationCollator
+from .collator import CACHED_FEATURES_KEY, CACHED_LOGITS_KEY, DistillationCollator
 from .config import DistillationConfig
 from .distributed import gather_with_grad, world_size
 from .features import FeatureExtractor, Features
@@ -55,6 +55,16 @@ class DistillationOutput:
 
 def layer_label(layer: int | str) -> str:
     return str(layer)
+
+
+@torch.no_grad()
+def run_teacher(
+    teacher: PreTrainedModel, teacher_inputs: dict[str, torch.Tensor], extractors: list[FeatureExtractor]
+) -> tuple[list[Features], torch.Tensor | None]:
+    """The teacher's features at each extractor's layer (and its logits, if it has a head), without gradients."""
+    outputs = teacher(**teacher_inputs, output_hidden_states=True)
+    mask = teacher_inputs.get("attention_mask")
+    return [extractor(outputs, mask) for extractor in extractors], getattr(outputs, "logits", None)
 
 
 class DistillationModel(nn.Module):
@@ -218,18 +228,17 @@ class DistillationTrainer(Trainer):
         return DistillationModel(student, student_extractors, losses, terms, args.ce_weight, logit_kd, args.logit_kd_weight)
 
     # ---- the step ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def teacher_forward(
         self, inputs: dict[str, Any], device: torch.device | None = None
     ) -> tuple[list[Features], torch.Tensor | None]:
-        """Teacher features for every layer pair (and its logits), without gradients."""
+        """Teacher features for every layer pair (and its logits): read from the batch when the teacher-feature
+        cache supplied them, else computed by the frozen teacher without gradients."""
+        if CACHED_FEATURES_KEY in inputs:
+            return [Features(values) for values in inputs[CACHED_FEATURES_KEY]], inputs.get(CACHED_LOGITS_KEY)
         teacher_inputs = inputs.get("teacher_inputs", inputs["student_inputs"])
         if device is not None:
             teacher_inputs = {name: tensor.to(device) for name, tensor in teacher_inputs.items()}
-        outputs = self.teacher(**teacher_inputs, output_hidden_states=True)
-        mask = teacher_inputs.get("attention_mask")
-        features = [extractor(outputs, mask) for extractor in self.teacher_extractors]
-        return features, getattr(outputs, "logits", None)
+        return run_teacher(self.teacher, teacher_inputs, self.teacher_extractors)
 
     def compute_loss(
         self,

@@ -58,6 +58,9 @@ def worker(rank: int, world_size: int, port: int, loss_name: str, result_path: s
         loss, gradients = loss_and_gradients(model, input_ids[shard], teacher[shard])
         if rank == 0:
             torch.save({"loss": loss, "gradients": gradients}, result_path)
+        # Tear DDP down while its process group is alive: a reducer destroyed after the group can hang.
+        del model
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

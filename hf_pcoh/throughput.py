@@ -1,0 +1,409 @@
+"""Throughput of a distillation step beside its baselines (the speed figures of DESIGN.md section 7).
+
+For one recipe, on the same fixed batches, the median time per step of:
+
+* ``teacher forward``: :meth:`DistillationTrainer.teacher_forward` alone (no gradient), under the run's
+  autocast (bf16 or none), the precision a well-configured teacher forward runs at;
+* ``student step, plain MSE``: what training the student on stored teacher features would cost without
+  hf_pcoh: student forward, a linear projector, MSE to the precomputed teacher features, backward,
+  gradient clipping and the optimiser step;
+* ``distillation step``: :meth:`DistillationTrainer.training_step` with the teacher in the loop, then
+  clipping and the optimiser step (what ``Trainer.train`` runs per batch), for each loss; the teacher
+  runs there exactly as the trainer runs it;
+* ``from cache``: the same step given precomputed teacher features, i.e. :class:`DistillationModel`
+  forward + backward + clipping + step without the teacher forward (what a teacher-feature cache buys).
+
+The targets: a distillation step costs at most ``DISTILLATION_TARGET`` x (teacher forward + plain
+student step), and a step from cached features at most ``CACHE_TARGET`` x the plain student step.
+Collation and host-to-device copies are done before timing and are excluded from every figure. The
+variants take turns batch by batch, each round starting one variant later (so a busy spell of a shared
+machine, or running after a given neighbour, favours none of them); the first ``warmup`` rounds are not
+timed, and each figure is the median over the remaining rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import Trainer
+
+from .cli import read_recipe
+from .config import DistillationConfig
+from .data import load_splits
+from .features import FeatureExtractor, Features
+from .losses import LOSSES
+from .models import resolve_checkpoint
+from .pipeline import DistillationSetup, build_setup
+from .teacher_training import TeacherTrainingArguments, grey_image_processor
+from .trainer import DistillationTrainer
+
+TEACHER_FORWARD = "teacher forward"
+PLAIN_STUDENT_STEP = "student step, plain MSE"
+BASELINE_SUM = "teacher forward + plain student step"
+DISTILLATION_STEP = "distillation step"
+CACHED_STEP = "from cache"
+
+DISTILLATION_TARGET = 1.15
+CACHE_TARGET = 1.10
+# Logit KD needs classification heads on both models, which the feature recipes do not have.
+EXCLUDED_LOSSES = ("logit_kd",)
+VISION_DATASETS = ("fashion_mnist", "digits")
+
+
+@dataclass
+class ThroughputRow:
+    """One line of the table: the median seconds per step of one variant, and its ratio to its baseline."""
+
+    recipe: str
+    step: str
+    loss: str | None
+    batch_size: int
+    seconds: float  # median seconds per step
+    ratio: float | None = None
+    target: float | None = None
+    note: str = ""
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.batch_size / self.seconds
+
+    @property
+    def meets_target(self) -> bool | None:
+        return None if self.ratio is None or self.target is None else self.ratio <= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        extra = {"samples_per_second": self.samples_per_second, "meets_target": self.meets_target}
+        return {**dataclasses.asdict(self), **extra}
+
+
+def distillation_ratio(distillation_seconds: float, teacher_seconds: float, plain_seconds: float) -> float:
+    """Cost of a distillation step relative to a teacher forward plus a plain-MSE student step."""
+    return distillation_seconds / (teacher_seconds + plain_seconds)
+
+
+def cache_ratio(cached_seconds: float, plain_seconds: float) -> float:
+    """Cost of a step from cached teacher features relative to a plain-MSE student step."""
+    return cached_seconds / plain_seconds
+
+
+def benchmarked_losses(losses: Sequence[str] | None = None) -> list[str]:
+    """The losses to time: the given ones (checked against the registry), or every registered feature loss."""
+    if losses is None:
+        return [name for name in LOSSES if name not in EXCLUDED_LOSSES]
+    for name in losses:
+        if name not in LOSSES:
+            raise ValueError(f"losses: unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+        if name in EXCLUDED_LOSSES:
+            raise ValueError(f"losses: {name!r} compares logits, not features; time one of the feature losses")
+    return list(losses)
+
+
+# ---- building the setup of a recipe ------------------------------------------------------------------
+def untrained_vision_teacher(values: dict[str, Any], output_dir: str) -> tuple[dict[str, Any], str]:
+    """Replace a missing trained vision teacher by a ResNet of ``scripts/train_teacher.py``'s default size.
+
+    Its speed is that of the trained teacher (same architecture); only its weights are random. The image
+    processor is the one ``train_teacher.py`` would save, computed from the data set's training images.
+    """
+    fields = TeacherTrainingArguments.__dataclass_fields__
+    hidden_sizes, depths = fields["hidden_sizes"].default_factory(), fields["depths"].default_factory()
+    train = load_splits(values["dataset_name"])["train"]
+    images = np.asarray(train.select(range(min(2000, len(train))))["image"])
+    processor_dir = os.path.join(output_dir, "teacher_processor")
+    grey_image_processor(images).save_pretrained(processor_dir)
+    channels = 1 if images.ndim == 3 else images.shape[-1]
+    teacher_config = {
+        "model_type": "resnet", "num_channels": channels, "embedding_size": hidden_sizes[0],
+        "hidden_sizes": hidden_sizes, "depths": depths, "layer_type": "basic",
+    }
+    values = {**values, "teacher_config": teacher_config, "teacher_processor_name_or_path": processor_dir}
+    missing = values.pop("teacher_model_name_or_path")
+    note = (f"teacher: untrained ResNet {hidden_sizes} built from config ({missing} not found; the architecture "
+            "scripts/train_teacher.py trains)")
+    return values, note
+
+
+def recipe_setup(
+    recipe: str,
+    output_dir: str,
+    batch_size: int | None = None,
+    num_batches: int = 12,
+    device: str = "cpu",
+    bf16: bool = False,
+    **overrides: Any,
+) -> tuple[DistillationSetup, str]:
+    """Build a recipe's teacher, student, collator and just enough data for ``num_batches`` batches.
+
+    Returns the setup and a note on anything that differs from the recipe (an untrained stand-in teacher).
+    """
+    values = {**read_recipe(recipe), **overrides}
+    note = ""
+    teacher_path = values.get("teacher_model_name_or_path")
+    if (
+        teacher_path
+        and values.get("dataset_name") in VISION_DATASETS
+        and not os.path.isdir(resolve_checkpoint(teacher_path))
+    ):
+        values, note = untrained_vision_teacher(values, output_dir)
+    batch_size = batch_size or values.get("per_device_train_batch_size", 8)
+    values.update(
+        output_dir=output_dir, per_device_train_batch_size=batch_size, max_train_samples=batch_size * num_batches,
+        use_cpu=device == "cpu", bf16=bf16, report_to="none", disable_tqdm=True, save_strategy="no",
+        evaluate_after_training=False, push_to_hub=False,
+    )
+    return build_setup(DistillationConfig(**values)), note
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+Batch = dict[str, Any]
+TeacherOutput = tuple[list[Features], torch.Tensor | None]  # features per layer pair, logits
+
+
+@dataclass
+class TimedStep:
+    """One variant of the table: ``run(k)`` performs its step on batch ``k``."""
+
+    step: str
+    loss: str | None
+    run: Callable[[int], None]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_median_seconds(
+    variants: Sequence[TimedStep], num_batches: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Median seconds per step of each variant, the variants taking turns batch by batch.
+
+    Taking turns means that a slow spell of a shared machine slows every variant alike instead of
+    whichever happened to be running, and each round starts one variant later than the previous one so
+    that no variant always runs in the same place (after the same neighbour, with the same caches).
+    The first ``warmup`` rounds are not timed.
+    """
+    times: list[list[float]] = [[] for _ in variants]
+    for batch_index in range(num_batches):
+        for offset in range(len(variants)):
+            position = (batch_index + offset) % len(variants)
+            synchronize(device)
+            start = time.perf_counter()
+            variants[position].run(batch_index)
+            synchronize(device)
+            if batch_index >= warmup:
+                times[position].append(time.perf_counter() - start)
+    return [statistics.median(variant_times) for variant_times in times]
+
+
+def optimizer_step(parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
+    """What ``Trainer.train`` does after backward: clip (when ``max_grad_norm > 0``), step, zero the grads."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def build_optimizer(parameters: list[nn.Parameter], config: DistillationConfig) -> torch.optim.Optimizer:
+    """The optimiser the Trainer would build from ``config`` (class and hyper-parameters)."""
+    optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(config)
+    return optimizer_class(parameters, **{**optimizer_kwargs, "weight_decay": config.weight_decay})
+
+
+class PlainMSEStudent(nn.Module):
+    """The baseline: the student's features (same layers and pooling) -> linear projector -> MSE.
+
+    The projector is learned where the widths differ and the identity where they agree, as in
+    ``projected_mse``'s default.
+    """
+
+    def __init__(self, student: nn.Module, extractors: list[FeatureExtractor], widths: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.student = student
+        self.extractors = extractors
+        self.projectors = nn.ModuleList(
+            nn.Linear(student_dim, teacher_dim, bias=False) if student_dim != teacher_dim else nn.Identity()
+            for student_dim, teacher_dim in widths
+        )
+
+    def forward(self, student_inputs: dict[str, torch.Tensor], teacher_features: list[Features]) -> torch.Tensor:
+        outputs = self.student(**student_inputs, output_hidden_states=True)
+        mask = student_inputs.get("attention_mask")
+        total = torch.zeros((), device=teacher_features[0].values.device)
+        for extractor, projector, teacher in zip(self.extractors, self.projectors, teacher_features):
+            projected = projector(extractor(outputs, mask).values)
+            total = total + F.mse_loss(projected.float(), teacher.values.float())
+        return total
+
+
+def loss_config(config: DistillationConfig, loss: str) -> DistillationConfig:
+    """The same run with ``loss`` as its only feature loss."""
+    return dataclasses.replace(config, losses=[loss], loss_weights=None)
+
+
+def teacher_step(trainer: DistillationTrainer, batches: list[Batch]) -> TimedStep:
+    autocast = trainer.accelerator.autocast  # the baseline teacher runs at the run's precision
+
+    def run(batch_index: int) -> None:
+        with autocast():
+            trainer.teacher_forward(batches[batch_index])
+
+    return TimedStep(TEACHER_FORWARD, None, run)
+
+
+def plain_student_step(
+    trainer: DistillationTrainer, student: nn.Module, batches: list[Batch], cached: list[TeacherOutput]
+) -> TimedStep:
+    """The plain-MSE student step on the same features as ``trainer``'s layer pairs."""
+    heads = {term.pair_index: trainer.model.heads[term.key] for term in trainer.model.terms}
+    widths = [(heads[pair].student_dim, heads[pair].teacher_dim) for pair in sorted(heads)]
+    plain = PlainMSEStudent(student, trainer.model.student_extractors, widths).to(trainer.args.device).train()
+    parameters = [parameter for parameter in plain.parameters() if parameter.requires_grad]
+    optimizer = build_optimizer(parameters, trainer.args)
+    autocast = trainer.accelerator.autocast
+
+    def run(batch_index: int) -> None:
+        with autocast():
+            loss = plain(batches[batch_index]["student_inputs"], cached[batch_index][0])
+        loss.backward()
+        optimizer_step(parameters, optimizer, trainer.args.max_grad_norm)
+
+    return TimedStep(PLAIN_STUDENT_STEP, None, run)
+
+
+def trainer_steps(
+    loss: str, trainer: DistillationTrainer, batches: list[Batch], cached: list[TeacherOutput]
+) -> list[TimedStep]:
+    """The distillation step (``training_step``, teacher in the loop) and the step from ``cached`` features."""
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train: one batch per optimiser step
+    model = trainer.accelerator.prepare_model(trainer.model)  # adds the autocast wrapper, as train() does
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = trainer.create_optimizer()
+    max_grad_norm = trainer.args.max_grad_norm
+
+    def distillation_step(batch_index: int) -> None:
+        trainer.training_step(model, batches[batch_index])
+        optimizer_step(parameters, optimizer, max_grad_norm)
+
+    def cached_step(batch_index: int) -> None:
+        batch, (teacher_features, teacher_logits) = batches[batch_index], cached[batch_index]
+        model.train()
+        output = model(student_inputs=batch["student_inputs"], teacher_features=teacher_features,
+                       labels=batch.get("labels"), teacher_logits=teacher_logits)
+        trainer.accelerator.backward(output.loss)
+        optimizer_step(parameters, optimizer, max_grad_norm)
+
+    return [TimedStep(DISTILLATION_STEP, loss, distillation_step), TimedStep(CACHED_STEP, loss, cached_step)]
+
+
+def benchmark_setup(
+    setup: DistillationSetup,
+    losses: Sequence[str] | None = None,
+    steps: int = 10,
+    warmup: int = 2,
+    recipe: str = "",
+    note: str = "",
+) -> list[ThroughputRow]:
+    """Time the baselines and every loss's distillation and cached steps on the same batches.
+
+    Needs ``(warmup + steps) x per_device_train_batch_size`` training rows. Every loss gets its own
+    trainer and its own copy of the initial student. Returns the rows of the table.
+    """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
+    losses = benchmarked_losses(losses)
+    config = setup.config
+    batch_size = config.per_device_train_batch_size
+    num_batches = warmup + steps
+    if len(setup.train_dataset) < batch_size * num_batches:
+        raise ValueError(
+            f"{num_batches} batches of {batch_size} need {batch_size * num_batches} training rows, the setup has "
+            f"{len(setup.train_dataset)}: raise max_train_samples or lower steps / warmup / batch size"
+        )
+    trainers = {
+        loss: DistillationTrainer(
+            student=copy.deepcopy(setup.student), teacher=setup.teacher, args=loss_config(config, loss),
+            train_dataset=setup.train_dataset, collator=setup.collator,
+        )
+        for loss in losses
+    }
+    reference = trainers[losses[0]]
+    # Every variant sees the same batches, collated and moved to the device before any timing.
+    batches = [
+        reference._prepare_inputs(setup.collator([setup.train_dataset[row] for row in range(first, first + batch_size)]))
+        for first in range(0, num_batches * batch_size, batch_size)
+    ]
+    with reference.accelerator.autocast():
+        cached = [reference.teacher_forward(batch) for batch in batches]
+    variants = [
+        teacher_step(reference, batches),
+        plain_student_step(reference, copy.deepcopy(setup.student), batches, cached),
+    ]
+    for loss, trainer in trainers.items():
+        variants += trainer_steps(loss, trainer, batches, cached)
+    seconds = interleaved_median_seconds(variants, num_batches, warmup, reference.args.device)
+    teacher_seconds, plain_seconds = seconds[0], seconds[1]
+    rows = [
+        ThroughputRow(recipe, TEACHER_FORWARD, None, batch_size, teacher_seconds, note=note),
+        ThroughputRow(recipe, PLAIN_STUDENT_STEP, None, batch_size, plain_seconds),
+        ThroughputRow(recipe, BASELINE_SUM, None, batch_size, teacher_seconds + plain_seconds),
+    ]
+    for variant, variant_seconds in zip(variants[2:], seconds[2:]):
+        if variant.step == DISTILLATION_STEP:
+            ratio, target = distillation_ratio(variant_seconds, teacher_seconds, plain_seconds), DISTILLATION_TARGET
+        else:
+            ratio, target = cache_ratio(variant_seconds, plain_seconds), CACHE_TARGET
+        rows.append(ThroughputRow(recipe, variant.step, variant.loss, batch_size, variant_seconds, ratio, target))
+    return rows
+
+
+def measure_recipe(
+    recipe: str,
+    output_dir: str,
+    losses: Sequence[str] | None = None,
+    steps: int = 10,
+    warmup: int = 2,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    bf16: bool = False,
+    **overrides: Any,
+) -> list[ThroughputRow]:
+    """:func:`recipe_setup` then :func:`benchmark_setup`: the table rows of one recipe."""
+    setup, note = recipe_setup(recipe, output_dir, batch_size, warmup + steps, device, bf16, **overrides)
+    return benchmark_setup(setup, losses, steps, warmup, recipe, note)
+
+
+# ---- the table ---------------------------------------------------------------------------------------
+def markdown_table(rows: Sequence[ThroughputRow]) -> str:
+    """The rows as a markdown table, with the definition of each ratio beneath it."""
+    lines = [
+        "| recipe | step | loss | B | samples/s | ms / step | ratio | target | met |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for row in rows:
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
+        target = "" if row.target is None else f"<= {row.target:.2f}"
+        met = {None: "", True: "yes", False: "no"}[row.meets_target]
+        lines.append(
+            f"| {row.recipe} | {row.step} | {row.loss or ''} | {row.batch_size} | {row.samples_per_second:.1f} | "
+            f"{row.seconds * 1e3:.1f} | {ratio} | {target} | {met} |"
+        )
+    notes = sorted({f"{row.recipe}: {row.note}" for row in rows if row.note})
+    lines += [
+        "",
+        f"ratio of a '{DISTILLATION_STEP}' = its time / ({TEACHER_FORWARD} + {PLAIN_STUDENT_STEP}); "
+        f"ratio of a '{CACHED_STEP}' step = its time / {PLAIN_STUDENT_STEP}. Median per step; collation excluded.",
+        *notes,
+    ]
+    return "\n".join(lines)
+

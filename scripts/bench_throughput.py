@@ -1,0 +1,77 @@
+"""Samples/s of a distillation step beside a teacher forward and a plain-MSE student step, per recipe and loss.
+
+    python scripts/bench_throughput.py                                    # minilm-wordnet and fashion-mnist, all losses
+    python scripts/bench_throughput.py minilm-wordnet --losses perception_coherence projected_mse --steps 5
+    python scripts/bench_throughput.py --device cuda --bf16 --batch_size 256 --json throughput.json
+
+Targets (DESIGN.md section 7): distillation step <= 1.15 x (teacher forward + student step with plain MSE);
+step from cached teacher features <= 1.10 x the plain student step. The logic is hf_pcoh.throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+
+import torch
+from transformers.utils import logging as transformers_logging
+
+from hf_pcoh.throughput import markdown_table, measure_recipe
+
+DEFAULT_RECIPES = ["minilm-wordnet", "fashion-mnist"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", default=DEFAULT_RECIPES, help="built-in recipe names or YAML files")
+    parser.add_argument("--losses", nargs="+", default=None, help="registry names (default: every feature loss)")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="train with bf16 mixed precision (the Trainer's flag)")
+    parser.add_argument("--json", nargs="?", const="-", default=None, help="also write the rows as JSON (to PATH, or stdout)")
+    return parser.parse_args(argv)
+
+
+def machine_line(args: argparse.Namespace) -> str:
+    if args.device.startswith("cuda"):
+        where = torch.cuda.get_device_name(torch.device(args.device))
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    return (
+        f"device: {args.device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{'bf16 mixed precision' if args.bf16 else 'float32'}, median of {args.steps} steps after {args.warmup} warm-up"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    transformers_logging.set_verbosity_error()
+    rows = []
+    for recipe in args.recipes:
+        with tempfile.TemporaryDirectory() as output_dir:
+            rows += measure_recipe(recipe, output_dir, args.losses, args.steps, args.warmup, args.batch_size,
+                                   args.device, args.bf16)
+        print(f"measured {recipe}", file=sys.stderr, flush=True)
+    print(machine_line(args))
+    print()
+    print(markdown_table(rows))
+    payload = {"machine": machine_line(args), "rows": [row.as_dict() for row in rows]}
+    if args.json == "-":
+        print(json.dumps(payload, indent=2))
+    elif args.json:
+        with open(args.json, "w", encoding="utf-8") as stream:
+            json.dump(payload, stream, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

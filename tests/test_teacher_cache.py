@@ -1,0 +1,59 @@
+"""--teacher_cache: the same training as with the live teacher, computed once, invalidated by changes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from hf_pcoh.config import DistillationConfig
+from hf_pcoh.pipeline import build_setup
+from hf_pcoh.trainer import DistillationTrainer
+
+from tiny_models import MINILM, TINY_BERT
+
+
+def config_for(output_dir, **fields) -> DistillationConfig:
+    values = dict(
+        output_dir=str(output_dir), teacher_config=TINY_BERT, teacher_processor_name_or_path=MINILM,
+        student_config={"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
+        dataset_name="wordnet_glosses", max_train_samples=64, per_device_train_batch_size=16, max_steps=8,
+        learning_rate=3e-3, logging_steps=1, save_strategy="no", disable_tqdm=True, max_length=32, seed=0,
+        losses=["perception_coherence", "projected_mse"], student_layers=["1", "last"], teacher_layers=["1", "last"],
+        # the teacher must be deterministic for cached features to equal live ones
+        evaluate_after_training=False,
+    )
+    values.update(fields)
+    return DistillationConfig(**values)
+
+
+def train_losses(config: DistillationConfig) -> list[float]:
+    setup = build_setup(config)
+    setup.teacher.config.hidden_dropout_prob = 0.0
+    trainer = DistillationTrainer(student=setup.student, teacher=setup.teacher, args=config,
+                                  train_dataset=setup.train_dataset, collator=setup.collator)
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_training_from_the_cache_follows_the_live_teacher_loss_curve(tmp_path, minilm_path) -> None:
+    live = train_losses(config_for(tmp_path / "live"))
+    cache_dir = tmp_path / "cache"
+    cached = train_losses(config_for(tmp_path / "cached", teacher_cache=str(cache_dir)))
+    np.testing.assert_allclose(cached, live, rtol=1e-4, atol=1e-6)
+    assert len(os.listdir(cache_dir)) == 1
+    # the same recipe reads the same cache; a different teacher layer gets a new one
+    train_losses(config_for(tmp_path / "again", teacher_cache=str(cache_dir)))
+    assert len(os.listdir(cache_dir)) == 1
+    train_losses(config_for(tmp_path / "other", teacher_cache=str(cache_dir), teacher_layers=["2", "last"]))
+    assert len(os.listdir(cache_dir)) == 2
+
+
+def test_cache_refuses_augmented_data(tmp_path, minilm_path) -> None:
+    from hf_pcoh.teacher_cache import refuse_augmented
+    from hf_pcoh.data import load_digits_dataset
+
+    augmented = load_digits_dataset()["train"].with_transform(lambda batch: batch)
+    with pytest.raises(ValueError, match="on-the-fly transform"):
+        refuse_augmented(augmented)

@@ -712,10 +712,14 @@ def run_benchmarks(options: BenchmarkOptions, progress: Callable[[str], None] | 
     """Every benchmark of ``options`` in turn; see :func:`run_benchmark`."""
     from threadpoolctl import threadpool_limits
 
+    specs = benchmark_specs(options.scale, options.teachers_dir)
+    torch_threads = torch.get_num_threads()
     if options.num_threads is not None:
         torch.set_num_threads(options.num_threads)
-    specs = benchmark_specs(options.scale, options.teachers_dir)
-    # One BLAS thread for numpy/scipy (the probe, distances): their small problems gain nothing from
-    # more, and a multi-threaded BLAS beside torch's threads on a busy CPU ran the probe 100x slower.
-    with threadpool_limits(limits=1, user_api="blas"):
-        return {name: run_benchmark(specs[name], options, progress) for name in options.benchmarks}
+    try:
+        # One BLAS thread for numpy/scipy (the probe, distances): their small problems gain nothing from
+        # more, and a multi-threaded BLAS beside torch's threads on a busy CPU ran the probe 100x slower.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return {name: run_benchmark(specs[name], options, progress) for name in options.benchmarks}
+    finally:
+        torch.set_num_threads(torch_threads)

@@ -20,6 +20,7 @@ from .config import DistillationConfig
 from .hub import PublishError
 from .losses.base import unknown_name_message
 from .pipeline import build_setup, run_distillation
+from .trainer import NonFiniteLossError
 from .student_report import summary_line
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ def distill_main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     except PublishError as error:  # the run itself finished: its folder is complete
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -182,6 +182,11 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Folder of the teacher-feature cache: the teacher's features are computed once (keyed by a "
                   "fingerprint of teacher, layers, pooling and data) and training reads them instead of running it."},
     )
+    non_finite_loss: str = field(
+        default="stop",
+        metadata={"help": "When the loss becomes NaN/inf: 'stop' saves a checkpoint of the last good state and stops "
+                  "with a message naming the loss term and the step; 'skip' drops that batch's update and goes on."},
+    )
     evaluate_after_training: bool = field(
         default=True,
         metadata={"help": "Embed the eval split with teacher and student after training and write eval_results.json."},
@@ -267,6 +272,8 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(f"{option}={getattr(self, option)} must be >= 0")
         if not self.logit_kd_temperature > 0:
             raise ValueError(f"logit_kd_temperature={self.logit_kd_temperature} must be > 0 (try 2.0)")
+        if self.non_finite_loss not in ("stop", "skip"):
+            raise ValueError(f"non_finite_loss={self.non_finite_loss!r} must be 'stop' or 'skip'")
         if self.padding_side not in (None, "left", "right"):
             raise ValueError(f"padding_side={self.padding_side!r} must be 'left' or 'right'")
         if self.max_length < 2:

@@ -15,10 +15,10 @@ For one recipe, on the same fixed batches, the median time per step of:
 
 The targets: a distillation step costs at most ``DISTILLATION_TARGET`` x (teacher forward + plain
 student step), and a step from cached features at most ``CACHE_TARGET`` x the plain student step.
-Collation and host-to-device copies are done before timing and are excluded from every figure. The
-variants take turns batch by batch, each round starting one variant later (so a busy spell of a shared
-machine, or running after a given neighbour, favours none of them); the first ``warmup`` rounds are not
-timed, and each figure is the median over the remaining rounds.
+Collation and host-to-device copies are done before timing and are excluded from every figure. Each
+loss gets its own row: its four variants take turns batch by batch, each round starting one variant
+later (so a busy spell of a shared machine, or running after a given neighbour, favours none of them);
+the first ``warmup`` rounds are not timed, and each figure is the median over the remaining rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -62,28 +63,52 @@ VISION_DATASETS = ("fashion_mnist", "digits")
 
 @dataclass
 class ThroughputRow:
-    """One line of the table: the median seconds per step of one variant, and its ratio to its baseline."""
+    """One loss of one recipe: the median seconds per step of the four variants, timed in the same rounds.
+
+    Each loss has its own teacher-forward and plain-step figures, measured alternately with its own
+    steps, so that its ratios compare steps that ran seconds apart (on a shared machine, minutes apart
+    can mean a different load).
+    """
 
     recipe: str
-    step: str
-    loss: str | None
+    loss: str
     batch_size: int
-    seconds: float  # median seconds per step
-    ratio: float | None = None
-    target: float | None = None
+    teacher_seconds: float
+    plain_seconds: float
+    distillation_seconds: float
+    cached_seconds: float
     note: str = ""
 
     @property
-    def samples_per_second(self) -> float:
-        return self.batch_size / self.seconds
+    def baseline_seconds(self) -> float:
+        """A teacher forward plus a plain-MSE student step."""
+        return self.teacher_seconds + self.plain_seconds
 
     @property
-    def meets_target(self) -> bool | None:
-        return None if self.ratio is None or self.target is None else self.ratio <= self.target
+    def distillation_ratio(self) -> float:
+        return distillation_ratio(self.distillation_seconds, self.teacher_seconds, self.plain_seconds)
+
+    @property
+    def cache_ratio(self) -> float:
+        return cache_ratio(self.cached_seconds, self.plain_seconds)
+
+    def samples_per_second(self, seconds: float) -> float:
+        return self.batch_size / seconds
 
     def as_dict(self) -> dict[str, Any]:
-        extra = {"samples_per_second": self.samples_per_second, "meets_target": self.meets_target}
-        return {**dataclasses.asdict(self), **extra}
+        """Every field, plus samples/s of each variant, the ratios and whether they meet their targets."""
+        variants = {"teacher": self.teacher_seconds, "plain": self.plain_seconds, "baseline": self.baseline_seconds,
+                    "distillation": self.distillation_seconds, "cached": self.cached_seconds}
+        return {
+            **dataclasses.asdict(self),
+            **{f"{name}_samples_per_second": self.samples_per_second(seconds) for name, seconds in variants.items()},
+            "distillation_ratio": self.distillation_ratio,
+            "distillation_target": DISTILLATION_TARGET,
+            "distillation_meets_target": self.distillation_ratio <= DISTILLATION_TARGET,
+            "cache_ratio": self.cache_ratio,
+            "cache_target": CACHE_TARGET,
+            "cache_meets_target": self.cache_ratio <= CACHE_TARGET,
+        }
 
 
 def distillation_ratio(distillation_seconds: float, teacher_seconds: float, plain_seconds: float) -> float:
@@ -306,6 +331,14 @@ def trainer_steps(
     return [TimedStep(DISTILLATION_STEP, loss, distillation_step), TimedStep(CACHED_STEP, loss, cached_step)]
 
 
+def build_trainer(setup: DistillationSetup, loss: str) -> DistillationTrainer:
+    """A trainer for ``loss`` alone, on its own copy of the initial student."""
+    return DistillationTrainer(
+        student=copy.deepcopy(setup.student), teacher=setup.teacher, args=loss_config(setup.config, loss),
+        train_dataset=setup.train_dataset, collator=setup.collator,
+    )
+
+
 def benchmark_setup(
     setup: DistillationSetup,
     losses: Sequence[str] | None = None,
@@ -314,56 +347,38 @@ def benchmark_setup(
     recipe: str = "",
     note: str = "",
 ) -> list[ThroughputRow]:
-    """Time the baselines and every loss's distillation and cached steps on the same batches.
+    """One row per loss: teacher forward, plain-MSE student step, distillation step and step from cache.
 
-    Needs ``(warmup + steps) x per_device_train_batch_size`` training rows. Every loss gets its own
-    trainer and its own copy of the initial student. Returns the rows of the table.
+    Needs ``(warmup + steps) x per_device_train_batch_size`` training rows; every variant of every loss
+    runs on the same batches. For each loss in turn, its four variants take turns batch by batch.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
     losses = benchmarked_losses(losses)
-    config = setup.config
-    batch_size = config.per_device_train_batch_size
+    batch_size = setup.config.per_device_train_batch_size
     num_batches = warmup + steps
     if len(setup.train_dataset) < batch_size * num_batches:
         raise ValueError(
             f"{num_batches} batches of {batch_size} need {batch_size * num_batches} training rows, the setup has "
             f"{len(setup.train_dataset)}: raise max_train_samples or lower steps / warmup / batch size"
         )
-    trainers = {
-        loss: DistillationTrainer(
-            student=copy.deepcopy(setup.student), teacher=setup.teacher, args=loss_config(config, loss),
-            train_dataset=setup.train_dataset, collator=setup.collator,
-        )
-        for loss in losses
-    }
-    reference = trainers[losses[0]]
+    trainer = build_trainer(setup, losses[0])
     # Every variant sees the same batches, collated and moved to the device before any timing.
     batches = [
-        reference._prepare_inputs(setup.collator([setup.train_dataset[row] for row in range(first, first + batch_size)]))
+        trainer._prepare_inputs(setup.collator([setup.train_dataset[row] for row in range(first, first + batch_size)]))
         for first in range(0, num_batches * batch_size, batch_size)
     ]
-    with reference.accelerator.autocast():
-        cached = [reference.teacher_forward(batch) for batch in batches]
-    variants = [
-        teacher_step(reference, batches),
-        plain_student_step(reference, copy.deepcopy(setup.student), batches, cached),
-    ]
-    for loss, trainer in trainers.items():
-        variants += trainer_steps(loss, trainer, batches, cached)
-    seconds = interleaved_median_seconds(variants, num_batches, warmup, reference.args.device)
-    teacher_seconds, plain_seconds = seconds[0], seconds[1]
-    rows = [
-        ThroughputRow(recipe, TEACHER_FORWARD, None, batch_size, teacher_seconds, note=note),
-        ThroughputRow(recipe, PLAIN_STUDENT_STEP, None, batch_size, plain_seconds),
-        ThroughputRow(recipe, BASELINE_SUM, None, batch_size, teacher_seconds + plain_seconds),
-    ]
-    for variant, variant_seconds in zip(variants[2:], seconds[2:]):
-        if variant.step == DISTILLATION_STEP:
-            ratio, target = distillation_ratio(variant_seconds, teacher_seconds, plain_seconds), DISTILLATION_TARGET
-        else:
-            ratio, target = cache_ratio(variant_seconds, plain_seconds), CACHE_TARGET
-        rows.append(ThroughputRow(recipe, variant.step, variant.loss, batch_size, variant_seconds, ratio, target))
+    with trainer.accelerator.autocast():
+        cached = [trainer.teacher_forward(batch) for batch in batches]
+    baselines = [teacher_step(trainer, batches), plain_student_step(trainer, copy.deepcopy(setup.student), batches, cached)]
+    rows = []
+    for loss in losses:
+        trainer = trainer if trainer.args.losses == [loss] else build_trainer(setup, loss)
+        variants = baselines + trainer_steps(loss, trainer, batches, cached)
+        teacher, plain, distillation, from_cache = interleaved_median_seconds(
+            variants, num_batches, warmup, trainer.args.device
+        )
+        rows.append(ThroughputRow(recipe, loss, batch_size, teacher, plain, distillation, from_cache, note))
     return rows
 
 
@@ -384,26 +399,49 @@ def measure_recipe(
 
 
 # ---- the table ---------------------------------------------------------------------------------------
+def describe_machine(device: str) -> str:
+    """``cpu (AMD EPYC, 2 CPU cores), torch 2.13.0+cpu`` or ``cuda (NVIDIA H100 ...), torch ...``: where figures came from."""
+    if device.startswith("cuda"):
+        where = torch.cuda.get_device_name(torch.device(device))
+    else:
+        where = f"{cpu_name()}, {os.cpu_count()} CPU cores"
+    return f"{device} ({where}), torch {torch.__version__}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def markdown_table(rows: Sequence[ThroughputRow]) -> str:
-    """The rows as a markdown table, with the definition of each ratio beneath it."""
+    """The rows as a markdown table (samples/s, ms per step in brackets), with the ratios' definitions."""
+
+    def cell(row: ThroughputRow, seconds: float) -> str:
+        return f"{row.samples_per_second(seconds):.1f} ({seconds * 1e3:.0f} ms)"
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"{ratio:.2f} {'yes' if ratio <= target else 'NO'}"
+
     lines = [
-        "| recipe | step | loss | B | samples/s | ms / step | ratio | target | met |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+        f"| recipe | loss | B | {TEACHER_FORWARD} | {PLAIN_STUDENT_STEP} | {BASELINE_SUM} | {DISTILLATION_STEP} | "
+        f"ratio (<= {DISTILLATION_TARGET:.2f}) | {CACHED_STEP} | ratio (<= {CACHE_TARGET:.2f}) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
-        target = "" if row.target is None else f"<= {row.target:.2f}"
-        met = {None: "", True: "yes", False: "no"}[row.meets_target]
         lines.append(
-            f"| {row.recipe} | {row.step} | {row.loss or ''} | {row.batch_size} | {row.samples_per_second:.1f} | "
-            f"{row.seconds * 1e3:.1f} | {ratio} | {target} | {met} |"
+            f"| {row.recipe} | {row.loss} | {row.batch_size} | {cell(row, row.teacher_seconds)} | "
+            f"{cell(row, row.plain_seconds)} | {cell(row, row.baseline_seconds)} | "
+            f"{cell(row, row.distillation_seconds)} | {verdict(row.distillation_ratio, DISTILLATION_TARGET)} | "
+            f"{cell(row, row.cached_seconds)} | {verdict(row.cache_ratio, CACHE_TARGET)} |"
         )
     notes = sorted({f"{row.recipe}: {row.note}" for row in rows if row.note})
     lines += [
         "",
-        f"ratio of a '{DISTILLATION_STEP}' = its time / ({TEACHER_FORWARD} + {PLAIN_STUDENT_STEP}); "
-        f"ratio of a '{CACHED_STEP}' step = its time / {PLAIN_STUDENT_STEP}. Median per step; collation excluded.",
+        "samples/s (median ms per step). Ratios of times: distillation step / (teacher forward + plain-MSE student "
+        "step); step from cache / plain-MSE student step. Each loss's row was timed in its own alternating rounds.",
         *notes,
     ]
     return "\n".join(lines)
-

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 
 
+class NonFiniteLossError(RuntimeError):
+    """The distillation loss became NaN or infinite; the last good state was checkpointed."""
+
+
 @dataclass
 class DistillationTerm:
     """One weighted loss between one student layer and one teacher layer."""
@@ -174,6 +178,7 @@ class DistillationTrainer(Trainer):
         self.teacher.to(self.args.device)
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
+        self.last_terms: dict[str, torch.Tensor] = {}
         self.term_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self.term_counts: dict[str, int] = {"train": 0, "eval": 0}
 
@@ -255,7 +260,35 @@ class DistillationTrainer(Trainer):
             teacher_logits=teacher_logits,
         )
         self.record_terms("train" if model.training else "eval", output.terms)
+        self.last_terms = output.terms
         return (output.loss, output) if return_outputs else output.loss
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            self.handle_non_finite_loss(model)
+        return loss
+
+    def handle_non_finite_loss(self, model: nn.Module) -> None:
+        """Skip the batch's update, or checkpoint the last good state and stop, as ``non_finite_loss`` says."""
+        bad_terms = [label for label, value in self.last_terms.items() if not torch.isfinite(value)] or ["total"]
+        step = self.state.global_step + 1
+        if self.args.non_finite_loss == "skip":
+            logger.warning("non-finite loss in %s at step %d: this batch's update is skipped", ", ".join(bad_terms), step)
+            for parameter in model.parameters():
+                parameter.grad = None  # the optimizer leaves parameters without gradients untouched
+            return
+        for parameter in model.parameters():
+            parameter.grad = None
+        self._save_checkpoint(model, trial=None)
+        checkpoint = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        raise NonFiniteLossError(
+            f"the loss term(s) {', '.join(bad_terms)} became NaN/inf at step {step}. The last good state (after step "
+            f"{self.state.global_step}) is saved in {checkpoint}: lower the learning rate or check the data, then "
+            f"resume with --resume_from_checkpoint {checkpoint}; or pass --non_finite_loss skip to drop such batches"
+        )
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None

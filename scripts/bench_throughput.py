@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 
 import torch
 from transformers.utils import logging as transformers_logging
 
-from hf_pcoh.throughput import markdown_table, measure_recipe
+from hf_pcoh.throughput import describe_machine, markdown_table, measure_recipe
 
 DEFAULT_RECIPES = ["minilm-wordnet", "fashion-mnist"]
 
@@ -39,32 +37,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def machine_line(args: argparse.Namespace) -> str:
-    if args.device.startswith("cuda"):
-        where = torch.cuda.get_device_name(torch.device(args.device))
-    else:
-        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
-    return (
-        f"device: {args.device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{'bf16 mixed precision' if args.bf16 else 'float32'}, median of {args.steps} steps after {args.warmup} warm-up"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     transformers_logging.set_verbosity_error()
     rows = []
-    for recipe in args.recipes:
-        with tempfile.TemporaryDirectory() as output_dir:
-            rows += measure_recipe(recipe, output_dir, args.losses, args.steps, args.warmup, args.batch_size,
-                                   args.device, args.bf16)
-        print(f"measured {recipe}", file=sys.stderr, flush=True)
-    print(machine_line(args))
+    try:
+        for recipe in args.recipes:
+            with tempfile.TemporaryDirectory() as output_dir:
+                rows += measure_recipe(recipe, output_dir, args.losses, args.steps, args.warmup, args.batch_size,
+                                       args.device, args.bf16)
+            print(f"measured {recipe}", file=sys.stderr, flush=True)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    machine = (
+        f"{describe_machine(args.device)}, {torch.get_num_threads()} thread(s), "
+        f"{'bf16 mixed precision' if args.bf16 else 'float32'}, median of {args.steps} steps after {args.warmup} warm-up"
+    )
+    print(machine)
     print()
     print(markdown_table(rows))
-    payload = {"machine": machine_line(args), "rows": [row.as_dict() for row in rows]}
+    payload = {"machine": machine, "rows": [row.as_dict() for row in rows]}
     if args.json == "-":
         print(json.dumps(payload, indent=2))
     elif args.json:

@@ -11,13 +11,8 @@ from hf_pcoh.losses import LOSSES
 from hf_pcoh.pipeline import build_setup
 from hf_pcoh.teacher_training import TeacherTrainingArguments
 from hf_pcoh.throughput import (
-    BASELINE_SUM,
     CACHE_TARGET,
-    CACHED_STEP,
-    DISTILLATION_STEP,
     DISTILLATION_TARGET,
-    PLAIN_STUDENT_STEP,
-    TEACHER_FORWARD,
     benchmark_setup,
     benchmarked_losses,
     markdown_table,
@@ -47,31 +42,32 @@ def test_rows_give_samples_per_second_and_the_ratios_to_their_baselines(tmp_path
     )
     rows = benchmark_setup(build_setup(config), steps=2, warmup=1, recipe="tiny")
 
-    expected = [(TEACHER_FORWARD, None), (PLAIN_STUDENT_STEP, None), (BASELINE_SUM, None)]
-    expected += [(step, loss) for loss in FEATURE_LOSSES for step in (DISTILLATION_STEP, CACHED_STEP)]
-    assert [(row.step, row.loss) for row in rows] == expected  # every feature loss, no logit_kd
+    assert [row.loss for row in rows] == FEATURE_LOSSES  # one row per feature loss, no logit_kd
     for row in rows:
         assert row.recipe == "tiny" and row.batch_size == 16
-        assert row.seconds > 0 and row.samples_per_second == pytest.approx(16 / row.seconds)
-    teacher, plain, both = rows[0].seconds, rows[1].seconds, rows[2].seconds
-    assert both == pytest.approx(teacher + plain)
-    assert rows[0].ratio is rows[1].ratio is rows[2].ratio is None
-    for row in rows[3:]:
-        if row.step == DISTILLATION_STEP:
-            assert row.ratio == pytest.approx(row.seconds / (teacher + plain))
-            assert row.target == DISTILLATION_TARGET == 1.15
-        else:
-            assert row.ratio == pytest.approx(row.seconds / plain)
-            assert row.target == CACHE_TARGET == 1.10
-        assert row.meets_target == (row.ratio <= row.target)
-        # in samples/s: the same ratio is the baseline's throughput over the step's
-        assert row.as_dict()["samples_per_second"] == pytest.approx(16 / row.seconds)
+        timings = row.as_dict()
+        for variant, seconds in [("teacher", row.teacher_seconds), ("plain", row.plain_seconds),
+                                 ("distillation", row.distillation_seconds), ("cached", row.cached_seconds)]:
+            assert seconds > 0 and timings[f"{variant}_samples_per_second"] == pytest.approx(16 / seconds)
+        assert timings["baseline_samples_per_second"] == pytest.approx(16 / (row.teacher_seconds + row.plain_seconds))
+        # the ratios are of times per step: the baseline's samples/s over the step's
+        assert row.distillation_ratio == pytest.approx(row.distillation_seconds / (row.teacher_seconds + row.plain_seconds))
+        assert row.distillation_ratio == pytest.approx(
+            timings["baseline_samples_per_second"] / timings["distillation_samples_per_second"]
+        )
+        assert row.cache_ratio == pytest.approx(row.cached_seconds / row.plain_seconds)
+        assert row.cache_ratio == pytest.approx(timings["plain_samples_per_second"] / timings["cached_samples_per_second"])
+        assert (timings["distillation_target"], timings["cache_target"]) == (DISTILLATION_TARGET, CACHE_TARGET) == (1.15, 1.10)
+        assert timings["distillation_meets_target"] == (row.distillation_ratio <= 1.15)
+        assert timings["cache_meets_target"] == (row.cache_ratio <= 1.10)
 
     table = markdown_table(rows).splitlines()
-    assert table[0].startswith("| recipe | step | loss |") and len([line for line in table if line.startswith("| tiny")]) == 17
-    distillation_line = next(line for line in table if "| distillation step | perception_coherence |" in line)
-    perception = next(row for row in rows if row.step == DISTILLATION_STEP and row.loss == "perception_coherence")
-    assert f"| {perception.ratio:.2f} | <= 1.15 |" in distillation_line
+    assert table[0].startswith("| recipe | loss | B | teacher forward |")
+    assert len([line for line in table if line.startswith("| tiny |")]) == len(FEATURE_LOSSES)
+    perception = next(row for row in rows if row.loss == "perception_coherence")
+    line = next(line for line in table if line.startswith("| tiny | perception_coherence |"))
+    assert f"{perception.samples_per_second(perception.distillation_seconds):.1f} " in line
+    assert f"| {perception.distillation_ratio:.2f} " in line and f"| {perception.cache_ratio:.2f} " in line
 
 
 def test_missing_vision_teacher_is_replaced_by_an_untrained_resnet_of_the_recipe_size(tmp_path) -> None:
@@ -86,7 +82,7 @@ def test_missing_vision_teacher_is_replaced_by_an_untrained_resnet_of_the_recipe
     assert "untrained ResNet" in note and "no-teacher-here" in note
     assert len(setup.train_dataset) == 16  # just the batches the benchmark needs
     rows = measure_recipe(str(recipe), str(tmp_path / "run2"), ["projected_mse"], steps=1, warmup=0, batch_size=8)
-    assert rows[0].note == note  # the table says which teacher was timed
+    assert [row.loss for row in rows] == ["projected_mse"] and rows[0].note == note  # says which teacher was timed
     assert "untrained ResNet" in markdown_table(rows)
 
 

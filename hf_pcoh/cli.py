@@ -55,6 +55,14 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     return values
 
 
+class DistillationArgumentParser(HfArgumentParser):
+    """``HfArgumentParser`` whose errors are one line naming the option and the value (raised, not printed
+    after the usage of every ``TrainingArguments`` field), so ``distill_main`` reports them like any other."""
+
+    def error(self, message: str) -> None:
+        raise ValueError(f"{message} (run with --help for every option and its type)")
+
+
 def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig:
     """``[RECIPE] [--field value ...]`` -> a validated :class:`DistillationConfig`.
 
@@ -65,7 +73,7 @@ def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig
     recipe = DEFAULT_RECIPE
     if argv and is_recipe_argument(argv[0]):
         recipe = argv.pop(0)
-    parser = HfArgumentParser(DistillationConfig)
+    parser = DistillationArgumentParser(DistillationConfig)
     parser.set_defaults(**read_recipe(recipe))
     (config,) = parser.parse_args_into_dataclasses(args=argv)
     return config

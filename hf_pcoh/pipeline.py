@@ -25,7 +25,7 @@ from .artifacts import (
     LAYER_QUALITY_TABLE_FILE,
 )
 from .auto_layers import choose_teacher_layers
-from .collator import DistillationCollator
+from .collator import DistillationCollator, process
 from .config import DistillationConfig
 from .data import load_splits
 from .features import FeatureExtractor
@@ -148,13 +148,32 @@ def build_processors(config: DistillationConfig, teacher: PreTrainedModel, stude
     return teacher_processor, student_processor
 
 
+def check_image_channels(role: str, model: PreTrainedModel, processor: Any, example_image: Any) -> None:
+    """The processor must produce as many channels as the model's first convolution expects."""
+    channels = process(processor, [example_image], "vision", 0)["pixel_values"].shape[1]
+    expected = getattr(model.config, "num_channels", channels)
+    if channels != expected:
+        raise ValueError(
+            f"the {role} expects {expected}-channel images but its image processor gives {channels}-channel ones: "
+            f"build the {role} with num_channels={channels} (e.g. in {role}_config) or give it an image processor "
+            f"that converts the images (--{role}_processor_name_or_path)"
+        )
+
+
 def has_processor_files(path: str) -> bool:
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "preprocessor_config.json")
     return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in names)
 
 
 def check_tokenizer_fits(role: str, model: PreTrainedModel, tokenizer: Any, config: DistillationConfig) -> None:
-    """A model whose embedding table is smaller than its tokenizer's vocabulary would index out of range."""
+    """A model whose embedding table is smaller than its tokenizer's vocabulary would index out of range;
+    texts longer than its position table would too."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise ValueError(
+            f"max_length={config.max_length} is longer than the {role} can read (max_position_embeddings={positions}): "
+            f"use --max_length {positions} or less (longer texts are truncated)"
+        )
     vocab_size = getattr(model.config, "vocab_size", None)
     if vocab_size is not None and len(tokenizer) > vocab_size:
         raise ValueError(
@@ -177,6 +196,10 @@ def build_setup(config: DistillationConfig) -> DistillationSetup:
     if is_vision_config(student.config) != vision:
         raise ValueError("teacher and student must both be text models or both be vision models")
     teacher_processor, student_processor = build_processors(config, teacher, student, vision)
+    if vision:
+        example_image = train[0][input_column]
+        check_image_channels("teacher", teacher, teacher_processor, example_image)
+        check_image_channels("student", student, student_processor, example_image)
     collator = DistillationCollator(
         student_processor=student_processor,
         teacher_processor=teacher_processor,

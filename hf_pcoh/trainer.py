@@ -13,6 +13,7 @@ accelerate/DDP wrap, optimise and checkpoint both; the student itself is saved a
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections import defaultdict
@@ -335,7 +336,10 @@ class DistillationTrainer(Trainer):
         collator.student_processor.save_pretrained(output_dir)
         if collator.teacher_processor is not collator.student_processor:
             collator.teacher_processor.save_pretrained(os.path.join(output_dir, TEACHER_PROCESSOR_DIR))
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        # Like the Trainer, keep the arguments beside the model; unlike it, never with a Hub token inside.
+        arguments = copy.copy(self.args)
+        arguments.hub_token = None
+        torch.save(arguments, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         load_distillation_checkpoint(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from hf_pcoh.cli import builtin_recipes, distill_main, parse_distillation_args
 
-from tiny_models import MINILM, TINY_BERT
+from tiny_models import MINILM, TINY_BERT, TINY_RESNET, TINY_VIT
 
 
 def test_no_arguments_selects_the_embedded_minilm_wordnet_recipe() -> None:
@@ -66,6 +67,14 @@ BAD_INPUTS = {
     "unknown pooling": (["--pooling", "max"], "pooling='max' is not a pooling"),
     "negative weight": (["--loss_weights", "-1"], "weights must be >= 0"),
     "bad loss option": (["--loss_kwargs", '{"perception_coherence": {"temperature": 0}}'], "temperature=0 must be > 0"),
+    "wrong type": (["--per_device_train_batch_size", "eight"], "--per-device-train-batch-size: invalid int value: 'eight'"),
+    "empty layer list": (["--student_layers"], "argument --student_layers/--student-layers: expected at least one argument"),
+    "split that does not exist": (["--train_split", "validation"], "train_split='validation' is not a split of wordnet_glosses (splits: ['train', 'test'])"),
+    "no rows asked for": (["--max_train_samples", "0"], "max_train_samples=0 must be a positive number of rows"),
+    "text longer than the model reads": (["--max_length", "4096"], "max_length=4096 is longer than the student can read (max_position_embeddings=64)"),
+    "unknown dataset": (["--dataset_name", "wordnet"], "unknown built-in dataset 'wordnet'"),
+    "bad non-finite policy": (["--non_finite_loss", "ignore"], "non_finite_loss='ignore' must be 'stop' or 'skip'"),
+    "push without a repo id": (["--push_to_hub"], "push_to_hub needs --hub_model_id USER/NAME"),
 }
 
 
@@ -95,3 +104,34 @@ def test_push_to_hub_without_a_token_leaves_a_complete_folder_and_says_so(tmp_pa
     assert "ready to upload" in captured.err and "Traceback" not in captured.err
     written = set(os.listdir(output_dir))
     assert {"README.md", "config.json", "model.safetensors", "distillation_config.json", "eval_results.json"} <= written
+
+
+def test_an_empty_dataset_is_refused(minilm_path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from hf_pcoh.pipeline import prepare_splits
+
+    # (datasets cannot save_to_disk an empty split, so the loaded-data check is exercised directly)
+    empty = DatasetDict({"train": Dataset.from_dict({"text": [], "label": []}),
+                         "test": Dataset.from_dict({"text": ["x"], "label": [0]})})
+    config = parse_distillation_args(["opt-wordnet", *TEXT_RUN])
+    with pytest.raises(ValueError, match="split 'train' of wordnet_glosses is empty"):
+        prepare_splits(config, empty, vision=False)
+
+
+VISION_RUN = ["--teacher_model_name_or_path", "", "--teacher_config", json.dumps(TINY_RESNET), "--dataset_name", "digits",
+              "--student_config", json.dumps(TINY_VIT), "--max_train_samples", "16", "--max_steps", "1",
+              "--per_device_train_batch_size", "8", "--pooling", "mean", "--teacher_pooling", "gap"]
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_images_of_the_wrong_channel_count_are_refused(role, tmp_path, capsys, digits_processor_dir) -> None:
+    config = TINY_VIT if role == "student" else TINY_RESNET
+    wrong = json.dumps({**config, "num_channels": 3})
+    output_dir = tmp_path / "out"
+    code = distill_main(["fashion-mnist", *VISION_RUN, "--teacher_processor_name_or_path", digits_processor_dir,
+                         f"--{role}_config", wrong, "--output_dir", str(output_dir)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"the {role} expects 3-channel images but its image processor gives 1-channel ones" in err
+    assert not output_dir.exists() or not os.listdir(output_dir)

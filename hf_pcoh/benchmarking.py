@@ -111,10 +111,11 @@ class BenchmarkSpec:
 
 
 # Fields every benchmark run sets, whatever its recipe says: nothing but the student is written,
-# the benchmark measures the students itself (on one held-out sample shared by every row).
+# the benchmark measures the students itself (on one held-out sample shared by every row), and the
+# teacher runs inside every step (no teacher_cache), so samples/s is what a distillation costs.
 RUN_OVERRIDES: dict[str, Any] = {
     "save_strategy": "no", "evaluate_after_training": False, "report_to": "none", "disable_tqdm": True,
-    "push_to_hub": False, "eval_strategy": "no",
+    "push_to_hub": False, "eval_strategy": "no", "teacher_cache": None,
 }
 
 
@@ -124,13 +125,13 @@ def benchmark_specs(scale: str, teachers_dir: str = "benchmarks/teachers") -> di
     * ``tiny`` (tests, seconds): a random 2-layer BERT teacher (MiniLM's tokenizer) into a 1-layer
       16-d student on 64 WordNet glosses; a 2-stage ResNet trained here for 30 steps on scikit-learn's
       digits into a 2-layer ViT. 4 steps of 16 (text) / 32 (vision).
-    * ``cpu`` (default; every row x 3 seeds in under an hour on 2 CPU cores, about 52 minutes as
-      measured on one busy core): the ``minilm-wordnet`` recipe (all-MiniLM-L6-v2 -> a 3-layer student
-      initialised from its layers) for 50 steps of 64 glosses (3,200 distinct glosses), with
-      ``max_length`` 32 instead of 64 (90 % of glosses fit; batches padded to 64 tokens cost 1.6x
-      more), measured on 1,000 held-out glosses against 1,000 labelled ones; the ``fashion-mnist``
-      recipe (a ResNet trained here -> a 3-layer 64-d ViT) for 100 steps of 128 images (12,800
-      images), measured on 1,000 held-out images against 2,000.
+    * ``cpu`` (default; every row x 3 seeds in under an hour on 2 CPU cores: about 51 minutes as
+      measured with one thread on a busy 2-core machine, text 38 and vision 13 of them): the
+      ``minilm-wordnet`` recipe (all-MiniLM-L6-v2 -> a 3-layer student initialised from its layers)
+      for 50 steps of 64 glosses (3,200 distinct glosses), with ``max_length`` 32 instead of 64 (90 %
+      of glosses fit; batches padded to 64 tokens cost 1.6x more), measured on 1,000 held-out glosses
+      against 1,000 labelled ones; the ``fashion-mnist`` recipe (a ResNet trained here -> a 3-layer
+      64-d ViT) for 60 steps of 128 images (7,680 images), measured on 1,000 held-out images against 2,000.
     * ``gpu``: the recipes at full size: every training gloss for one epoch in batches of 256, every
       training image for 5 epochs; measured on 5,000 held-out points against 5,000 labelled ones.
     """
@@ -164,7 +165,7 @@ def benchmark_specs(scale: str, teachers_dir: str = "benchmarks/teachers") -> di
     if scale == "cpu":
         text_recipe.update(max_train_samples=3200, max_steps=50, per_device_train_batch_size=64, max_length=32,
                            logging_steps=10)
-        vision_recipe.update(max_train_samples=12800, max_steps=100, per_device_train_batch_size=128, logging_steps=25)
+        vision_recipe.update(max_train_samples=7680, max_steps=60, per_device_train_batch_size=128, logging_steps=20)
         return {
             "text": BenchmarkSpec("text", text_recipe, num_queries=1000, num_reference=1000, has_peer=True),
             "vision": BenchmarkSpec("vision", vision_recipe, num_queries=1000, num_reference=2000,
@@ -209,9 +210,9 @@ class HeldOutSample:
     """The held-out points every student of a benchmark is measured on, with the teacher's embeddings."""
 
     modality: str
-    query_inputs: list[Any]
+    query_inputs: list[str] | np.ndarray  # texts, or images [N, H, W, C]
     query_labels: np.ndarray
-    reference_inputs: list[Any]
+    reference_inputs: list[str] | np.ndarray
     reference_labels: np.ndarray
     teacher_queries: np.ndarray  # [num_queries, d_t]
     teacher_reference: np.ndarray  # [num_reference, d_t]
@@ -232,11 +233,12 @@ class HeldOutSample:
             teacher_train=self.teacher_reference, teacher_test=self.teacher_queries,
         )
         metrics["parameters"] = count_parameters(student)
-        metrics["embeddings_per_second"] = (len(queries.values) + len(reference.values)) / (queries.seconds + reference.seconds)
+        points = len(queries.values) + len(reference.values)
+        metrics["embeddings_per_second"] = points / (queries.seconds + reference.seconds)
         return {name: float(value) for name, value in metrics.items()}
 
 
-def column_values(dataset: Any, column: str) -> Any:
+def column_values(dataset: Any, column: str) -> list[str] | np.ndarray:
     """A column read once: an ``[N, ...]`` array for images, a list for text.
 
     ``dataset[column]`` is a lazy ``datasets`` column that converts rows to Python lists at every
@@ -272,7 +274,8 @@ def held_out_sample(spec: BenchmarkSpec, setup: DistillationSetup) -> HeldOutSam
                             setup.modality, spec.embedding_batch_size, config.max_length, device)
     teacher_reference = embed(setup.teacher, setup.collator.teacher_processor, reference_inputs, teacher_extractor,
                               setup.modality, spec.embedding_batch_size, config.max_length, device)
-    teacher_metrics = evaluate_embeddings(teacher_reference.values, teacher_queries.values, reference_labels, query_labels)
+    teacher_metrics = evaluate_embeddings(teacher_reference.values, teacher_queries.values, reference_labels,
+                                          query_labels)
     teacher_metrics["parameters"] = count_parameters(setup.teacher)
     teacher_metrics["embeddings_per_second"] = needed / (teacher_queries.seconds + teacher_reference.seconds)
     return HeldOutSample(
@@ -365,8 +368,11 @@ def run_no_teacher_row(spec: BenchmarkSpec, seed: int, run_dir: str, sample: Hel
     num_labels = setup.train_dataset.features[collator.label_column].num_classes
     model = EmbeddingClassifier(setup.student, student_extractor, dim, num_labels)
     # The student's processor only: this row never runs the teacher.
-    student_only = DistillationCollator(collator.student_processor, collator.student_processor, collator.input_column,
-                                        collator.modality, collator.label_column, collator.max_length)
+    student_only = DistillationCollator(
+        student_processor=collator.student_processor, teacher_processor=collator.student_processor,
+        input_column=collator.input_column, modality=collator.modality, label_column=collator.label_column,
+        max_length=collator.max_length,
+    )
     trainer = Trainer(model=model, args=config, train_dataset=setup.train_dataset, data_collator=student_only)
     train = trainer.train().metrics
     metrics = sample.measure(setup.student, config.device)
@@ -467,7 +473,9 @@ def metric_columns(summary: dict[str, dict[str, Summary]]) -> list[str]:
     return headline + [name for name in names if name not in headline] + list(SPEED_COLUMNS)
 
 
-def format_benchmark_table(summary: dict[str, dict[str, Summary]], teacher_metrics: dict[str, float] | None = None) -> str:
+def format_benchmark_table(
+    summary: dict[str, dict[str, Summary]], teacher_metrics: dict[str, float] | None = None
+) -> str:
     """A markdown table: one row per loss/reference (mean ± std over seeds), the teacher last.
 
     Example:
@@ -546,11 +554,13 @@ class BenchmarkOptions:
                                   metadata={"help": f"Benchmarks to run, of {BENCHMARKS}."})
     losses: list[str] | None = field(
         default=None, metadata={"help": "Losses to compare (default: every feature loss of hf_pcoh.LOSSES)."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds; each row runs once per seed."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2],
+                             metadata={"help": "Seeds; each row runs once per seed."})
     scale: str = field(default="cpu", metadata={"help": "tiny (seconds, tests), cpu (under an hour on 2 CPU cores) "
                                                 "or gpu (full size); see hf_pcoh.benchmarking.benchmark_specs."})
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where the JSON, tables and plots go."})
-    work_dir: str | None = field(default=None, metadata={"help": "Where runs write (default: outputs/benchmark-runs/SCALE)."})
+    work_dir: str | None = field(default=None,
+                                 metadata={"help": "Where runs write (default: outputs/benchmark-runs/SCALE)."})
     teachers_dir: str = field(default="benchmarks/teachers",
                               metadata={"help": "Where vision teachers are trained when missing, and read from."})
     references: bool = field(default=True, metadata={"help": "Also run the no-teacher CE and (text) the peer rows."})
@@ -685,7 +695,10 @@ def write_reports(spec: BenchmarkSpec, options: BenchmarkOptions, settings: dict
     write_results(files["json"], spec, options, settings, teacher_metrics, runs)
     recipe = spec.recipe
     teacher = recipe.get("teacher_model_name_or_path") or "a teacher built from teacher_config"
-    steps = f"{recipe['max_steps']} steps" if recipe.get("max_steps", -1) > 0 else f"{recipe.get('num_train_epochs')} epoch(s)"
+    if recipe.get("max_steps", -1) > 0:
+        steps = f"{recipe['max_steps']} steps"
+    else:
+        steps = f"{recipe.get('num_train_epochs')} epoch(s)"
     lines = [
         f"# Benchmark: {spec.name} ({options.scale} scale)",
         "",
@@ -708,7 +721,9 @@ def write_reports(spec: BenchmarkSpec, options: BenchmarkOptions, settings: dict
     return files
 
 
-def run_benchmarks(options: BenchmarkOptions, progress: Callable[[str], None] | None = None) -> dict[str, BenchmarkReport]:
+def run_benchmarks(
+    options: BenchmarkOptions, progress: Callable[[str], None] | None = None
+) -> dict[str, BenchmarkReport]:
     """Every benchmark of ``options`` in turn; see :func:`run_benchmark`."""
     from threadpoolctl import threadpool_limits
 

@@ -125,6 +125,8 @@ def init_student_from_teacher(
     Student parameter ``...layer.i...`` receives teacher ``...layer.{layer_map[i]}...``; everything
     without a layer number (embeddings, final norms) is copied by name. Returns the copied names.
     """
+    # Compare the backbones: a student with a classification head prefixes its names (``bert.``...).
+    student, teacher = getattr(student, "base_model", student), getattr(teacher, "base_model", teacher)
     student_layers = getattr(student.config, "num_hidden_layers", None)
     teacher_layers = getattr(teacher.config, "num_hidden_layers", None)
     if layer_map is None and student_layers and teacher_layers:

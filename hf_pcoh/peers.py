@@ -83,7 +83,9 @@ def train_sentence_transformers_peer(
         )
         from sentence_transformers.sentence_transformer import losses, modules
     except ImportError as error:
-        raise ImportError(f"the sentence-transformers peer needs `pip install sentence-transformers>=6.2` ({error})") from None
+        raise ImportError(
+            f"the sentence-transformers peer needs `pip install sentence-transformers>=6.2` ({error})"
+        ) from None
 
     if len(texts) != len(teacher_embeddings):
         raise ValueError(f"texts has {len(texts)} rows but teacher_embeddings has {len(teacher_embeddings)}: "
@@ -96,7 +98,8 @@ def train_sentence_transformers_peer(
     model = SentenceTransformer(modules=[transformer, pooling], device=str(args.device))
     student_dim, teacher_dim = transformer.get_embedding_dimension(), int(teacher_embeddings.shape[1])
     loss = losses.MSELoss(model, projection_dim=teacher_dim if teacher_dim != student_dim else None)
-    train_dataset = Dataset.from_dict({"text": list(texts), "label": np.asarray(teacher_embeddings, np.float32).tolist()})
+    targets = np.asarray(teacher_embeddings, dtype=np.float32).tolist()  # [N, d_t]
+    train_dataset = Dataset.from_dict({"text": list(texts), "label": targets})
     options = {name: getattr(args, name) for name in SHARED_TRAINING_FIELDS if hasattr(args, name)}
     options.update(output_dir=output_dir, save_strategy="no")
     training_args = SentenceTransformerTrainingArguments(**options)

@@ -60,3 +60,17 @@ def test_layer_out_of_range_names_the_valid_range() -> None:
         outputs = model(input_ids=torch.tensor([[1, 2, 3]]), output_hidden_states=True)
     with pytest.raises(ValueError, match=r"layer 9 does not exist in the student: it has 3 hidden states \(0\.\.2"):
         FeatureExtractor(9, "mean", "student")(outputs)
+
+
+def test_student_with_a_head_is_initialised_from_a_headless_teacher() -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_pcoh.models import config_from_dict, init_student_from_teacher
+    from tiny_models import TINY_BERT
+
+    teacher = AutoModel.from_config(AutoConfig.for_model(**TINY_BERT))
+    student = AutoModelForSequenceClassification.from_config(config_from_dict({"num_hidden_layers": 1}, teacher.config))
+    copied = init_student_from_teacher(student, teacher)
+    assert "embeddings.word_embeddings.weight" in copied and "encoder.layer.0.attention.self.query.weight" in copied
+    # one student layer <- the teacher's last layer (evenly spaced, last to last)
+    assert torch.equal(student.bert.encoder.layer[0].output.dense.weight, teacher.encoder.layer[1].output.dense.weight)

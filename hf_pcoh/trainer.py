@@ -13,6 +13,7 @@ accelerate/DDP wrap, optimise and checkpoint both; the student itself is saved a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -102,6 +103,11 @@ class DistillationModel(nn.Module):
     @property
     def config(self):  # the Trainer reads model.config in a few places (e.g. its model card)
         return self.student.config
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The student's blocks, so FSDP's transformer-based auto wrap finds them in any recipe."""
+        return getattr(self.student, "_no_split_modules", None)
 
     def student_features(self, student_inputs: dict[str, torch.Tensor]) -> tuple[list[Features], Any]:
         outputs = self.student(**student_inputs, output_hidden_states=True)
@@ -242,9 +248,16 @@ class DistillationTrainer(Trainer):
         if CACHED_FEATURES_KEY in inputs:
             return [Features(values) for values in inputs[CACHED_FEATURES_KEY]], inputs.get(CACHED_LOGITS_KEY)
         teacher_inputs = inputs.get("teacher_inputs", inputs["student_inputs"])
-        if device is not None:
-            teacher_inputs = {name: tensor.to(device) for name, tensor in teacher_inputs.items()}
-        return run_teacher(self.teacher, teacher_inputs, self.teacher_extractors)
+        teacher_dtype = self.teacher.dtype
+        # The Trainer may have cast floating inputs (pixel_values) to the student's training dtype (DeepSpeed).
+        teacher_inputs = {
+            name: tensor.to(device=device or tensor.device, dtype=teacher_dtype if tensor.is_floating_point() else None)
+            for name, tensor in teacher_inputs.items()
+        }
+        # The Trainer autocasts only the wrapped model's forward: give the teacher the same mixed precision.
+        autocast = self.accelerator.autocast() if hasattr(self, "accelerator") else contextlib.nullcontext()
+        with autocast:
+            return run_teacher(self.teacher, teacher_inputs, self.teacher_extractors)
 
     def compute_loss(
         self,

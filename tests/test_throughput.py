@@ -27,7 +27,8 @@ FEATURE_LOSSES = [name for name in LOSSES if name != "logit_kd"]
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny steps gain nothing from a second thread, and on a busy 2-core machine they lose a lot (10x measured)."""
+    """Tiny steps gain nothing from a second thread, and on a busy 2-core machine two threads run them
+    4-10x slower (measured here)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

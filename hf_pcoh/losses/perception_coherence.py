@@ -156,21 +156,23 @@ def _chunked_rank_sums(
 ) -> torch.Tensor:
     """Soft (or hard) ranks ``[m, B]`` without materialising the ``[m, B, B]`` comparisons.
 
-    ``sigmoid(x) = (1 + tanh(x / 2)) / 2`` and the hard step is ``(1 + sign(x)) / 2`` (ties 1/2), so
-    a block needs one buffer, transformed in place. Summing over every ``k`` and subtracting the two
-    excluded terms (``k = j``, always a tie, and ``k = i``) replaces the ``[m, B, B]`` mask.
+    Each block of comparisons ``x = (d_ij - d_ik) / tau`` is one buffer turned in place into
+    ``sigmoid(x)`` (or the hard step ``(1 + sign(x)) / 2``, ties 1/2). Summing over every ``k`` and
+    subtracting the two excluded terms (``k = j``, always a tie worth 1/2, and ``k = i``) replaces the
+    ``[m, B, B]`` mask. (``sigmoid_`` rather than the ``tanh`` form: it is several times faster on CPU.)
     """
     num_references, batch_size = reference_rows.shape
     ranks = torch.empty_like(reference_rows)  # [m, B]
+
+    def step_(values: torch.Tensor) -> torch.Tensor:
+        return values.sign_().add_(1.0).mul_(0.5) if hard else values.sigmoid_()
+
     for references, rows in comparison_blocks(num_references, batch_size, reference_chunk_size):
-        half_scaled = reference_rows[references] * (0.5 / temperature)  # [c, B]
-        block = half_scaled[:, rows, None] - half_scaled[:, None, :]  # [c, b, B]
-        block = block.sign_() if hard else block.tanh_()
+        scaled = reference_rows[references] / temperature  # [c, B]
+        block = step_(scaled[:, rows, None] - scaled[:, None, :])  # [c, b, B]
         # d(i, j) - d(i, i): the excluded k = i term.
-        to_reference = half_scaled[:, rows] - half_scaled.gather(1, reference_index[references, None])
-        signed_to_reference = to_reference.sign_() if hard else to_reference.tanh_()
-        # sum_{k != i, j} step = [B + sum_k sign_k - (1 + 0) - (1 + sign_i)] / 2, sign_j = 0 for k = j.
-        ranks[references, rows] = (batch_size - 2 + block.sum(dim=2) - signed_to_reference) / (2 * (batch_size - 2))
+        to_reference = step_(scaled[:, rows] - scaled.gather(1, reference_index[references, None]))
+        ranks[references, rows] = (block.sum(dim=2) - 0.5 - to_reference) / (batch_size - 2)
     return ranks.scatter_(1, reference_index[:, None], 0.0)
 
 
@@ -179,7 +181,7 @@ class SoftRanks(torch.autograd.Function):
 
     With ``G = dL/dR`` (``G_ii = 0``) and ``W_ijk = sigmoid'((d_ij - d_ik) / tau)`` over the valid
     ``k``, ``dL/dd_ia = [G_ia sum_k W_iak - sum_j G_ij W_ija] / ((B - 2) tau)``, using ``W`` symmetric
-    in ``(j, k)``. Backward recomputes ``W`` block by block as ``(1 - tanh^2(x / 2)) / 4``.
+    in ``(j, k)``. Backward recomputes ``W`` block by block as ``s (1 - s)`` with ``s = sigmoid(x)``.
     """
 
     @staticmethod
@@ -203,18 +205,22 @@ class SoftRanks(torch.autograd.Function):
         num_references, batch_size = reference_rows.shape
         # R_i(i) is the constant 0: its incoming gradient must not leak into the other entries.
         rank_grads = grad_ranks.to(reference_rows.dtype).scatter(1, reference_index[:, None], 0.0)  # [m, B]
-        grads = torch.zeros_like(reference_rows)  # [m, B], in units of 4 (B - 2) tau
+        grads = torch.zeros_like(reference_rows)  # [m, B], in units of (B - 2) tau
+
+        def sigmoid_derivative_(values: torch.Tensor) -> torch.Tensor:
+            values.sigmoid_()
+            return values.mul_(1.0 - values)
+
         for references, rows in comparison_blocks(num_references, batch_size, ctx.reference_chunk_size):
-            half_scaled = reference_rows[references] * (0.5 / temperature)  # [c, B]
-            # 4 sigmoid'(x) = 1 - tanh^2(x / 2); the k = j entry (1) appears in both terms and cancels.
-            weights = (half_scaled[:, rows, None] - half_scaled[:, None, :]).tanh_()
-            weights = weights.square_().neg_().add_(1.0)  # [c, b, B]
+            scaled = reference_rows[references] / temperature  # [c, B]
+            # The k = j entry (sigmoid'(0)) appears in both terms below and cancels.
+            weights = sigmoid_derivative_(scaled[:, rows, None] - scaled[:, None, :])  # [c, b, B]
             # The k = i term is excluded from sum_k W_iak: subtract it.
-            to_reference = half_scaled[:, rows] - half_scaled.gather(1, reference_index[references, None])
-            row_sums = weights.sum(dim=2) - to_reference.tanh_().square_().neg_().add_(1.0)
+            to_reference = scaled[:, rows] - scaled.gather(1, reference_index[references, None])
+            row_sums = weights.sum(dim=2) - sigmoid_derivative_(to_reference)
             grads[references, rows] += rank_grads[references, rows] * row_sums
             grads[references] -= torch.bmm(rank_grads[references, None, rows], weights).squeeze(1)
-        grads *= 0.25 / ((batch_size - 2) * temperature)
+        grads /= (batch_size - 2) * temperature
         return grads.scatter_(1, reference_index[:, None], 0.0), None, None, None
 
 

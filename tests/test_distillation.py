@@ -127,3 +127,22 @@ def test_real_minilm_teacher_run_writes_student_provenance_and_comparison(tmp_pa
     # a one-layer student initialised from the teacher already agrees with it far above chance (10/47)
     assert student["teacher_neighbour_recall@10"] > 0.3
     assert teacher["knn_accuracy@10"] > 1 / 45
+
+
+def test_evaluate_script_measures_a_saved_run_again(tmp_path, minilm_path) -> None:
+    import subprocess
+    import sys
+
+    config = tiny_run_config(str(tmp_path), max_steps=2, evaluate_after_training=True, max_eval_samples=40,
+                             **text_fields(TINY_BERT, {"num_hidden_layers": 1}, "mean"))
+    first = run_distillation(config).evaluation
+    (tmp_path / "eval_results.json").unlink()
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py")
+    completed = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert completed.returncode == 0, completed.stderr
+    again = json.loads((tmp_path / "eval_results.json").read_text())
+    # the same student, teacher (rebuilt from its config with the run's seed) and data: the same figures
+    for metric in ("knn_accuracy@10", "teacher_neighbour_recall@10", "dissimilarity_spearman"):
+        assert again["student"][metric] == pytest.approx(first["student"][metric], abs=1e-6), metric
+    assert "| student |" in (tmp_path / "eval_results.md").read_text()

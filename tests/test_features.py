@@ -74,3 +74,16 @@ def test_student_with_a_head_is_initialised_from_a_headless_teacher() -> None:
     assert "embeddings.word_embeddings.weight" in copied and "encoder.layer.0.attention.self.query.weight" in copied
     # one student layer <- the teacher's last layer (evenly spaced, last to last)
     assert torch.equal(student.bert.encoder.layer[0].output.dense.weight, teacher.encoder.layer[1].output.dense.weight)
+
+
+def test_training_curve_plot_is_a_png(tmp_path) -> None:
+    import json
+
+    from hf_pcoh.plots import plot_training_loss
+
+    history = [{"step": step, "loss": 1.0 / step, "loss/perception_coherence[slast>tlast]": 1.0 / step} for step in (1, 2, 3)]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    path = plot_training_loss(tmp_path, tmp_path / "curve.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no trainer_state.json"):
+        plot_training_loss(tmp_path / "missing", tmp_path / "x.png")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import DistillationLoss, register_loss
-from .procrustes import DEFAULT_MAX_TOKENS, centre_and_normalise, feature_rows
+from .base import register_loss
+from .procrustes import SetGeometryLoss, centre_and_normalise
 
 CKA_CITATION = """@inproceedings{kornblith2019similarity,
   title     = {Similarity of Neural Network Representations Revisited},
@@ -45,7 +45,7 @@ def linear_cka(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 @register_loss
-class CKALoss(DistillationLoss):
+class CKALoss(SetGeometryLoss):
     """Linear CKA loss ``1 - ||S^T T||_F^2 / (||S^T S||_F ||T^T T||_F)`` on row-centred features.
 
     Inputs: ``[B, d_s]`` / ``[B, d_t]`` (or token features ``[B, T, d]`` with ``mask``: the unmasked
@@ -60,28 +60,6 @@ class CKALoss(DistillationLoss):
 
     name = "cka"
     citation = CKA_CITATION
-    batch_level = True
-    min_batch_size = 3
-    accepts_tokens = True
 
-    def __init__(self, student_dim: int, teacher_dim: int, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
-        super().__init__(student_dim, teacher_dim)
-        if not isinstance(max_tokens, int) or max_tokens < 3:
-            raise ValueError(f"max_tokens={max_tokens!r} must be an integer >= 3 (default {DEFAULT_MAX_TOKENS})")
-        self.max_tokens = max_tokens
-
-    def forward(
-        self,
-        student: torch.Tensor,
-        teacher: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        with torch.autocast(device_type=student.device.type, enabled=False):
-            student_rows, teacher_rows = feature_rows(student, teacher.detach(), mask, self.max_tokens, self.name)
-            if len(student_rows) < self.min_batch_size:
-                raise ValueError(
-                    f"cka needs at least {self.min_batch_size} rows (points or tokens), got {len(student_rows)}: "
-                    "raise per_device_train_batch_size"
-                )
-            return 1.0 - linear_cka(student_rows, teacher_rows)
+    def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return 1.0 - linear_cka(student, teacher)

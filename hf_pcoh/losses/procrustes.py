@@ -105,8 +105,10 @@ def gram_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return squared.clamp_min(0.0)
 
 
-class _SetGeometryLoss(DistillationLoss):
-    """Shared plumbing of the losses that compare the two sets of rows as wholes."""
+class SetGeometryLoss(DistillationLoss):
+    """Shared plumbing of the losses that compare the two sets of rows as wholes (Procrustes, Gram, CKA):
+    rows from pooled or token features, float32 outside autocast, a minimum row count; a subclass
+    implements ``distance(student_rows, teacher_rows)``."""
 
     citation = PROCRUSTES_CITATION
     batch_level = True
@@ -143,7 +145,7 @@ class _SetGeometryLoss(DistillationLoss):
 
 
 @register_loss
-class ProcrustesLoss(_SetGeometryLoss):
+class ProcrustesLoss(SetGeometryLoss):
     """Squared Procrustes distance ``2 - 2 ||S~^T T~||_*`` between the centred, unit-norm feature sets.
 
     ``S~``, ``T~``: the ``[N, d_s]`` / ``[N, d_t]`` rows (pooled points, or unmasked tokens sub-sampled to
@@ -165,7 +167,7 @@ class ProcrustesLoss(_SetGeometryLoss):
 
 
 @register_loss
-class GramLoss(_SetGeometryLoss):
+class GramLoss(SetGeometryLoss):
     """Gram-matrix distance ``||S~ S~^T - T~ T~^T||_F^2`` between the centred, unit-norm feature sets.
 
     Same rows and normalisation as :class:`ProcrustesLoss`; compares all inner products between points,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
+
 from ..losses.base import unknown_name_message
 
 METRICS: tuple[str, ...] = ("teacher_neighbour_recall", "dissimilarity_spearman", "perception_coherence")
@@ -33,4 +35,12 @@ def metric_path(name: str) -> str:
     return str(Path(__file__).resolve().parent / name)
 
 
-__all__ = ["METRICS", "metric_path"]
+# Every metric compares a student's embeddings (predictions) with the teacher's (references), row by row.
+EMBEDDING_PAIR_FEATURES = datasets.Features(
+    {
+        "predictions": datasets.Sequence(datasets.Value("float64")),
+        "references": datasets.Sequence(datasets.Value("float64")),
+    }
+)
+
+__all__ = ["EMBEDDING_PAIR_FEATURES", "METRICS", "metric_path"]

@@ -4,11 +4,11 @@ Load it from disk (works offline): ``evaluate.load(hf_pcoh.metrics.metric_path("
 The computation is :func:`hf_pcoh.evaluation.dissimilarity_spearman`.
 """
 
-import datasets
 import evaluate
 import numpy as np
 
 from hf_pcoh.evaluation import CITATIONS, dissimilarity_spearman
+from hf_pcoh.metrics import EMBEDDING_PAIR_FEATURES
 
 _DESCRIPTION = """
 Dissimilarity Spearman: Spearman's rank correlation between the student's and the teacher's
@@ -44,12 +44,7 @@ class DissimilaritySpearman(evaluate.Metric):
             description=_DESCRIPTION,
             citation=CITATIONS["dissimilarity_spearman"],
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            ),
+            features=EMBEDDING_PAIR_FEATURES,
         )
 
     def _compute(

@@ -4,11 +4,11 @@ Load it from disk (works offline): ``evaluate.load(hf_pcoh.metrics.metric_path("
 The computation is :func:`hf_pcoh.evaluation.empirical_perception_coherence`.
 """
 
-import datasets
 import evaluate
 import numpy as np
 
 from hf_pcoh.evaluation import CITATIONS, empirical_perception_coherence
+from hf_pcoh.metrics import EMBEDDING_PAIR_FEATURES
 
 _DESCRIPTION = """
 Perception coherence: the probability, over random triples (x, x', x'') of distinct points, that the
@@ -45,12 +45,7 @@ class PerceptionCoherence(evaluate.Metric):
             description=_DESCRIPTION,
             citation=CITATIONS["perception_coherence"],
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            ),
+            features=EMBEDDING_PAIR_FEATURES,
             reference_urls=["https://arxiv.org/abs/2505.06595"],
         )
 

@@ -4,11 +4,11 @@ Load it from disk (works offline): ``evaluate.load(hf_pcoh.metrics.metric_path("
 The computation is :func:`hf_pcoh.evaluation.teacher_neighbour_recall`.
 """
 
-import datasets
 import evaluate
 import numpy as np
 
 from hf_pcoh.evaluation import CITATIONS, teacher_neighbour_recall
+from hf_pcoh.metrics import EMBEDDING_PAIR_FEATURES
 
 _DESCRIPTION = """
 Teacher-neighbour recall@k: mean over points i of |kNN_student(i) ∩ kNN_teacher(i)| / k, the point
@@ -40,12 +40,7 @@ class TeacherNeighbourRecall(evaluate.Metric):
             description=_DESCRIPTION,
             citation=CITATIONS["teacher_neighbour_recall"],
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            ),
+            features=EMBEDDING_PAIR_FEATURES,
         )
 
     def _compute(self, predictions, references, k=10, metric="cosine"):

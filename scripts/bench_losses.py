@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the first (the best is reported)")
     parser.add_argument("--no-naive", "--no_naive", action="store_true", help="do not run the naive reference")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per measurement")
+    parser.add_argument("--naive-memory-fraction", "--naive_memory_fraction", type=float, default=0.5,
+                        help="run the naive reference only where its estimated memory is below this share of what "
+                        "is available (default 0.5)")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="also write the rows as JSON (to PATH, or stdout)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     return parser.parse_args(argv)
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             if name == NAIVE:
                 needed = NAIVE_BYTES_PER_COMPARISON * batch_size**3
                 available = available_bytes(args.device)
-                if needed > available / 2:
+                if needed > available * args.naive_memory_fraction:
                     rows.append({**spec, "note": f"skipped: needs ~{format_bytes(needed)}, {format_bytes(available)} available"})
                     continue
             rows.append(run_one(spec, args.timeout))

@@ -86,5 +86,20 @@ class DistillationLoss(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_pooled_batch(self, student: torch.Tensor, teacher: torch.Tensor) -> int:
+        """For losses over pooled points: ``[B, d_s]`` and ``[B, d_t]`` with ``B >= min_batch_size``; returns ``B``."""
+        if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
+            raise ValueError(
+                f"{self.name} expects pooled features [B, d_s] and [B, d_t] with the same B, got "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}; use a pooling other than 'none'"
+            )
+        batch_size = student.shape[0]
+        if batch_size < self.min_batch_size:
+            raise ValueError(
+                f"{self.name} needs at least {self.min_batch_size} points in the (global) batch, got {batch_size}: "
+                "raise per_device_train_batch_size"
+            )
+        return batch_size
+
     def extra_repr(self) -> str:
         return f"student_dim={self.student_dim}, teacher_dim={self.teacher_dim}"

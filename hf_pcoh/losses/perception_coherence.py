@@ -328,17 +328,7 @@ class PerceptionCoherenceLoss(DistillationLoss):
         mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
-            raise ValueError(
-                "perception_coherence expects pooled features [B, d_s] and [B, d_t] with the same B, got "
-                f"{tuple(student.shape)} and {tuple(teacher.shape)}; use a pooling other than 'none'"
-            )
-        batch_size = student.shape[0]
-        if batch_size < self.min_batch_size:
-            raise ValueError(
-                f"perception_coherence needs at least {self.min_batch_size} points in the (global) batch, got "
-                f"{batch_size}: raise per_device_train_batch_size"
-            )
+        batch_size = self.check_pooled_batch(student, teacher)
         references = self.reference_index(batch_size, student.device)
         all_references = len(references) == batch_size  # then references == arange(B): rows need no gather
         # Ranks of near-equal distances are noise in bf16: everything below runs in float32 (or float64).

@@ -75,17 +75,7 @@ class RKDDistanceLoss(DistillationLoss):
         mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
-            raise ValueError(
-                "rkd_distance expects pooled features [B, d_s] and [B, d_t] with the same B, got "
-                f"{tuple(student.shape)} and {tuple(teacher.shape)}; use a pooling other than 'none'"
-            )
-        batch_size = student.shape[0]
-        if batch_size < self.min_batch_size:
-            raise ValueError(
-                f"rkd_distance needs at least {self.min_batch_size} points in the (global) batch, got {batch_size}: "
-                "raise per_device_train_batch_size"
-            )
+        batch_size = self.check_pooled_batch(student, teacher)
         with torch.autocast(device_type=student.device.type, enabled=False):
             student_distances = normalised_distances(student.float() if student.dtype != torch.float64 else student)
             with torch.no_grad():

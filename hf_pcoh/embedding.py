@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,33 @@ class Embeddings:
         return len(self.values) / self.seconds if self.seconds > 0 else float("inf")
 
 
-@torch.no_grad()
+def batched_forward(
+    model: torch.nn.Module,
+    processor: Any,
+    raw_inputs: list[Any],
+    modality: str,
+    batch_size: int = 64,
+    max_length: int = 128,
+    device: torch.device | str = "cpu",
+    description: str | None = None,
+) -> Iterator[tuple[dict[str, torch.Tensor], Any]]:
+    """Yield ``(inputs, outputs)`` for ``raw_inputs`` in batches: the model in eval mode on ``device``, no
+    gradients, with all hidden states; its training mode is restored afterwards. A progress bar is shown
+    when ``description`` is given."""
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        batches = range(0, len(raw_inputs), batch_size)
+        for first in tqdm(batches, desc=description, disable=description is None, leave=False):
+            inputs = process(processor, raw_inputs[first : first + batch_size], modality, max_length)
+            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+            with torch.no_grad():
+                outputs = model(**inputs, output_hidden_states=True)
+            yield inputs, outputs
+    finally:
+        model.train(was_training)
+
+
 def embed(
     model: torch.nn.Module,
     processor: Any,
@@ -39,25 +66,18 @@ def embed(
     description: str | None = None,
 ) -> Embeddings:
     """Embed ``raw_inputs`` (texts or images) in batches; time includes preprocessing, as a user sees it."""
-    was_training = model.training
-    model.eval().to(device)
     chunks: list[np.ndarray] = []
     start = time.perf_counter()
-    batches = range(0, len(raw_inputs), batch_size)
-    for first in tqdm(batches, desc=description or "embedding", disable=description is None, leave=False):
-        inputs = process(processor, raw_inputs[first : first + batch_size], modality, max_length)
-        inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
-        outputs = model(**inputs, output_hidden_states=True)
+    for inputs, outputs in batched_forward(model, processor, raw_inputs, modality, batch_size, max_length, device,
+                                           description):
         features = extractor(outputs, inputs.get("attention_mask")).values
         if features.dim() != 2:
             raise ValueError("evaluation needs pooled embeddings; the recipe's pooling is 'none'")
         chunks.append(features.float().cpu().numpy())
     seconds = time.perf_counter() - start
-    model.train(was_training)
     return Embeddings(np.concatenate(chunks, axis=0), seconds)
 
 
-@torch.no_grad()
 def embed_every_layer(
     model: torch.nn.Module,
     processor: Any,
@@ -71,19 +91,13 @@ def embed_every_layer(
 ) -> dict[int, np.ndarray]:
     """Features of every entry of ``hidden_states``: token layers pooled with ``pooling`` (their lengths
     vary with the text), feature maps ``[B, C, H, W]`` flattened (as the knowledge-quality paper does)."""
-    was_training = model.training
-    model.eval().to(device)
     chunks: dict[int, list[np.ndarray]] = {}
-    batches = range(0, len(raw_inputs), batch_size)
-    for first in tqdm(batches, desc=description or "embedding every layer", disable=description is None, leave=False):
-        inputs = process(processor, raw_inputs[first : first + batch_size], modality, max_length)
-        inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
-        hidden_states = model(**inputs, output_hidden_states=True).hidden_states
-        for layer, activations in enumerate(hidden_states):
+    for inputs, outputs in batched_forward(model, processor, raw_inputs, modality, batch_size, max_length, device,
+                                           description):
+        for layer, activations in enumerate(outputs.hidden_states):
             if activations.dim() == 4:
                 features = activations.flatten(1)
             else:
                 features = pool(activations, pooling, inputs.get("attention_mask")).values
             chunks.setdefault(layer, []).append(features.float().cpu().numpy())
-    model.train(was_training)
     return {layer: np.concatenate(parts, axis=0) for layer, parts in chunks.items()}

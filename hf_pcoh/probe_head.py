@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from .collator import process
+from .embedding import batched_forward
 
 
 def head_linear(model: nn.Module) -> nn.Linear:
@@ -32,7 +32,6 @@ def head_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-@torch.no_grad()
 def head_inputs_and_logits(
     model: nn.Module, processor: Any, raw_inputs: list[Any], modality: str, batch_size: int = 128,
     max_length: int = 128, device: torch.device | str = "cpu",
@@ -41,15 +40,11 @@ def head_inputs_and_logits(
     captured: list[torch.Tensor] = []
     hook = head_linear(model).register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
     logits: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval().to(device)
     try:
-        for first in range(0, len(raw_inputs), batch_size):
-            inputs = process(processor, raw_inputs[first : first + batch_size], modality, max_length)
-            logits.append(model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu())
+        for _, outputs in batched_forward(model, processor, raw_inputs, modality, batch_size, max_length, device):
+            logits.append(outputs.logits.float().cpu())
     finally:
         hook.remove()
-        model.train(was_training)
     return torch.cat(captured).float().cpu().numpy(), torch.cat(logits).numpy()
 
 

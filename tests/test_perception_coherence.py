@@ -38,6 +38,28 @@ def test_soft_ranks_gradcheck_float64(num_references: int, monkeypatch: pytest.M
     assert torch.autograd.gradcheck(lambda x: pc.soft_ranks_chunked(x, index, 0.2, 2), (rows,))
 
 
+@pytest.mark.parametrize("batch_size", [3, 4, 5, 10, 33])
+@pytest.mark.parametrize("block_elements", [None, 40])
+def test_folded_ranks_and_gradients_equal_the_direct_formula(
+    batch_size: int, block_elements: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Odd and even B (the o = B/2 pairs), all or sampled references, one block or many."""
+    if block_elements is not None:
+        monkeypatch.setattr(pc, "BLOCK_ELEMENTS", block_elements)
+    for num_references in sorted({batch_size, max(1, batch_size // 2)}):
+        rows, index = random_rows(num_references, batch_size)
+        rows = (rows * 8).requires_grad_(True)  # some comparisons beyond the saturation (30) at tau = 0.2
+        weights = torch.randn(num_references, batch_size, dtype=rows.dtype)
+        chunked = pc.soft_ranks_chunked(rows, index, 0.2)
+        (chunked_grad,) = torch.autograd.grad((chunked * weights).sum(), rows)
+        direct = pc.soft_ranks_reference(rows, index, 0.2)
+        (direct_grad,) = torch.autograd.grad((direct * weights).sum(), rows)
+        torch.testing.assert_close(chunked, direct, rtol=0, atol=1e-12)
+        torch.testing.assert_close(chunked_grad, direct_grad, rtol=0, atol=1e-11)
+        hard_rows = torch.randint(0, 4, (num_references, batch_size), dtype=rows.dtype)  # many ties
+        torch.testing.assert_close(pc.hard_ranks_chunked(hard_rows, index), pc.hard_ranks(hard_rows, index), rtol=0, atol=1e-15)
+
+
 def test_loss_gradcheck_through_features_and_scaling() -> None:
     student = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(7, 5, dtype=torch.float64)
@@ -92,6 +114,47 @@ def test_chunked_keeps_no_cubic_tensor_for_backward() -> None:
 
     assert saved_elements("chunked") < 20 * batch_size**2
     assert saved_elements("reference") > batch_size**3
+    # Beyond saved tensors, the chunked path keeps one block of sigmoids, at most BLOCK_ELEMENTS values
+    # (next test), so what it holds is bounded whatever the batch size.
+
+
+def test_single_block_of_sigmoids_is_reused_in_backward_only_when_it_fits_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Small batches keep forward's one block for backward; larger ones keep nothing cubic and recompute."""
+    rows, index = random_rows(16, 16)
+
+    def ranks_and_grad() -> tuple[torch.Tensor | None, torch.Tensor]:
+        leaf = rows.clone().requires_grad_(True)
+        ranks = pc.soft_ranks_chunked(leaf, index, 0.3)
+        kept = ranks.grad_fn.kept_block
+        kept_shape = None if kept is None else tuple(kept.shape)
+        (ranks * torch.linspace(-1, 1, 16, dtype=rows.dtype)).sum().backward()
+        return kept_shape, leaf.grad
+
+    kept_shape, kept_grad = ranks_and_grad()
+    assert kept_shape == (16, 8, 8 + 16)  # offsets 1..8, each row padded by 8
+    monkeypatch.setattr(pc, "BLOCK_ELEMENTS", 3 * 8 * 24)  # several blocks: nothing kept
+    recomputed_shape, recomputed_grad = ranks_and_grad()
+    assert recomputed_shape is None
+    torch.testing.assert_close(kept_grad, recomputed_grad, rtol=1e-12, atol=1e-14)
+
+
+def test_second_backward_with_retain_graph_recomputes_the_consumed_block() -> None:
+    student, teacher = torch.randn(24, 4, requires_grad=True), torch.randn(24, 6)
+    value = PerceptionCoherenceLoss(4, 6)(student, teacher)
+    (first,) = torch.autograd.grad(value, student, retain_graph=True)
+    (second,) = torch.autograd.grad(value, student)
+    torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-9)
+
+
+def test_checkpointed_student_dissimilarities_give_the_same_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    student, teacher = torch.randn(40, 6, dtype=torch.float64), torch.randn(40, 9, dtype=torch.float64)
+    loss = PerceptionCoherenceLoss(6, 9)
+    kept = loss_and_grad(loss, student, teacher)
+    monkeypatch.setattr(pc, "CHECKPOINT_MIN_BATCH", 2)  # recompute the [B, B] matrix in backward
+    recomputed = loss_and_grad(loss, student, teacher)
+    torch.testing.assert_close(kept, recomputed, rtol=1e-12, atol=1e-15)
 
 
 def test_zero_when_student_equals_teacher_and_invariant_to_rigid_motions_and_scale() -> None:

@@ -74,34 +74,59 @@ def cosine_matrix(features: torch.Tensor) -> torch.Tensor:
     return unit @ unit.transpose(-1, -2)
 
 
+# Log-probabilities are floored here before exp(): e^-80 ~ 2e-35 is still a normal float32, and what lies
+# below it changes no sum by more than ~1e-31, but denormal results make exp() several times slower on CPU.
+LOG_PROBABILITY_FLOOR = -80.0
+# Temperatures are batched into [T, ..., N, N] tensors of at most this many values (memory per step).
+TEMPERATURE_BATCH_ELEMENTS = 2**22
+
+
+def log_add_exp(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``log(e^a + e^b) = max(a, b) + log1p(e^-|a - b|)``, the exponent floored at ``LOG_PROBABILITY_FLOOR``.
+
+    Written out because ``torch.logaddexp`` is about 5x slower on CPU (measured at [10, 128, 128]).
+    """
+    gap = (first - second).abs().neg().clamp_min(LOG_PROBABILITY_FLOOR)
+    return torch.maximum(first, second) + gap.exp().log1p()
+
+
+def masked_log_softmax(logits: torch.Tensor, valid_pairs: torch.Tensor, has_padding: bool) -> torch.Tensor:
+    """``log p(j|i)`` over the valid ``j`` of each row; invalid entries (and rows with none) ~ ``MASKED_LOGIT``."""
+    log_probabilities = F.log_softmax(logits.masked_fill(~valid_pairs, MASKED_LOGIT), dim=-1)
+    # A row with no valid pair (padding) came out uniform: push it out of the distribution too.
+    return log_probabilities.masked_fill(~valid_pairs, MASKED_LOGIT) if has_padding else log_probabilities
+
+
 def similarity_kl(
     teacher_cosines: torch.Tensor,
     compressed_cosines: torch.Tensor,
     valid_pairs: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     form: FormName,
 ) -> torch.Tensor:
     """KL between the teacher's and the compressed similarity distributions of each ``[N, N]`` matrix.
 
     ``*_cosines`` are ``[..., N, N]``; ``valid_pairs`` ``[..., N, N]`` is True for the pairs that take
-    part (``i != j``, both real tokens). Returns ``[...]``: one KL per matrix (``full``) or the mean of
-    the row KLs over the rows that have a valid pair (``rowwise``).
+    part (``i != j``, both real tokens); ``temperature`` is a number or a tensor that broadcasts against
+    them (``[T, 1, ..., 1]`` for ``T`` temperatures at once). Returns one KL per matrix (``full``) or the
+    mean of the row KLs over the rows that have a valid pair (``rowwise``), shaped as the broadcast
+    ``[..., N, N]`` without its last two dimensions.
+
+    ``full``: ``P_ij = (p(j|i) + p(i|j)) / (2 n)`` with ``n`` the rows that have a valid pair (each
+    conditional row sums to 1, so this is the normalised sum over the whole matrix).
     """
-    log_p = F.log_softmax(torch.where(valid_pairs, teacher_cosines / temperature, MASKED_LOGIT), dim=-1)
-    log_q = F.log_softmax(torch.where(valid_pairs, compressed_cosines / temperature, MASKED_LOGIT), dim=-1)
-    # Rows with no valid pair (padding) came out uniform: push them out of the distributions too.
-    log_p = torch.where(valid_pairs, log_p, MASKED_LOGIT)
-    log_q = torch.where(valid_pairs, log_q, MASKED_LOGIT)
+    has_padding = not bool(valid_pairs.any(dim=-1).all())
+    log_p = masked_log_softmax(teacher_cosines / temperature, valid_pairs, has_padding)
+    log_q = masked_log_softmax(compressed_cosines / temperature, valid_pairs, has_padding)
+    valid_rows = valid_pairs.any(dim=-1)  # [..., N]
     if form == "full":
-        log_p = torch.logaddexp(log_p, log_p.transpose(-1, -2))
-        log_p = log_p - torch.logsumexp(log_p, dim=(-2, -1), keepdim=True)
-        log_q = torch.logaddexp(log_q, log_q.transpose(-1, -2))
-        log_q = log_q - torch.logsumexp(log_q, dim=(-2, -1), keepdim=True)
-        terms = torch.where(valid_pairs, log_p.exp() * (log_p - log_q), 0.0)
+        log_normaliser = torch.log(2.0 * valid_rows.sum(dim=-1).clamp_min(1).to(log_p.dtype))[..., None, None]
+        log_p = log_add_exp(log_p, log_p.transpose(-1, -2)) - log_normaliser
+        log_q = log_add_exp(log_q, log_q.transpose(-1, -2)) - log_normaliser
+    terms = (log_p.clamp_min(LOG_PROBABILITY_FLOOR).exp() * (log_p - log_q)).masked_fill(~valid_pairs, 0.0)
+    if form == "full":
         return terms.sum(dim=(-2, -1))
-    terms = torch.where(valid_pairs, log_p.exp() * (log_p - log_q), 0.0)
     row_kl = terms.sum(dim=-1)  # [..., N]
-    valid_rows = valid_pairs.any(dim=-1)
     return (row_kl * valid_rows).sum(dim=-1) / valid_rows.sum(dim=-1).clamp_min(1)
 
 
@@ -113,7 +138,9 @@ def similarity_map_loss(
     form: FormName,
 ) -> torch.Tensor:
     """The map loss over the point sets in ``[..., N, d]`` (``valid_points`` ``[..., N]``), averaged over
-    the temperatures and over the sets that have at least one valid pair."""
+    the temperatures and over the sets that have at least one valid pair. The temperatures are
+    evaluated together, ``TEMPERATURE_BATCH_ELEMENTS`` values at a time (one pass of each operation
+    instead of one per temperature: ~3x faster at B=128)."""
     size = teacher_features.shape[-2]
     not_self = ~torch.eye(size, dtype=torch.bool, device=teacher_features.device)
     if valid_points is None:
@@ -123,9 +150,14 @@ def similarity_map_loss(
     with torch.no_grad():
         teacher_cosines = cosine_matrix(teacher_features)
     compressed_cosines = cosine_matrix(compressed_features)
-    per_set = torch.stack(
-        [similarity_kl(teacher_cosines, compressed_cosines, valid_pairs, tau, form) for tau in temperatures]
-    ).mean(dim=0)
+    per_group = max(1, TEMPERATURE_BATCH_ELEMENTS // teacher_cosines.numel())
+    total = compressed_cosines.new_zeros(teacher_cosines.shape[:-2])
+    for first in range(0, len(temperatures), per_group):
+        group = temperatures[first : first + per_group]
+        taus = torch.tensor(group, dtype=compressed_cosines.dtype, device=compressed_cosines.device)
+        taus = taus.view(-1, *([1] * teacher_cosines.dim()))  # [T, 1, ..., 1]
+        total = total + similarity_kl(teacher_cosines, compressed_cosines, valid_pairs, taus, form).sum(dim=0)
+    per_set = total / len(temperatures)
     has_pair = valid_pairs.flatten(-2).any(dim=-1).to(per_set.dtype)
     return (per_set * has_pair).sum() / has_pair.sum().clamp_min(1.0)
 

@@ -42,11 +42,10 @@ class SquaredEuclidean(Dissimilarity):
     def pairwise(self, features: torch.Tensor) -> torch.Tensor:
         # Centring first keeps the Gram-matrix formula accurate when features sit far from the origin.
         centred = features - features.mean(dim=0, keepdim=True)
-        squared_norms = centred.pow(2).sum(dim=1)
-        gram = centred @ centred.T
-        squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram
-        squared = squared.clamp_min(0.0)
-        return squared * (1.0 - torch.eye(len(features), device=features.device, dtype=features.dtype))
+        squared_norms = (centred * centred).sum(dim=1)
+        # ||x_i||^2 + ||x_j||^2 - 2 <x_i, x_j> in one addmm; few ops matter: this runs on every batch.
+        squared = torch.addmm(squared_norms[:, None] + squared_norms[None, :], centred, centred.T, alpha=-2.0)
+        return squared.clamp_min(0.0).fill_diagonal_(0.0)
 
 
 class Euclidean(Dissimilarity):
@@ -58,8 +57,7 @@ class Euclidean(Dissimilarity):
         squared = SquaredEuclidean().pairwise(features)
         # sqrt has an infinite derivative at 0: take it only where the distance is positive.
         positive = squared > 0
-        safe = torch.where(positive, squared, torch.ones_like(squared))
-        return torch.where(positive, safe.sqrt(), torch.zeros_like(squared))
+        return torch.where(positive, torch.where(positive, squared, 1.0).sqrt_(), 0.0)
 
 
 class Cosine(Dissimilarity):

@@ -28,7 +28,8 @@ the comparisons a block of references at a time and, in backward, recomputes the
 from ``sigmoid'(x) = s (1 - s)``, so only ``[m, B]`` tensors outlive a block: ``O(B^2)`` memory with
 a bounded transient block of at most ``BLOCK_ELEMENTS`` comparisons (``c`` references x ``B^2``, rows
 split further when one reference's ``B^2`` exceeds it). The student's dissimilarity matrix is
-recomputed in backward (activation checkpointing) so that its intermediates are not kept either.
+recomputed in backward (activation checkpointing) once the batch reaches ``CHECKPOINT_MIN_BATCH``
+points, so that its ``[B, B]`` intermediates are not kept either.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ ImplementationName = Literal["auto", "chunked", "reference"]
 # Elements of one block of comparisons [references, rows, B] in the chunked implementation: 2^24
 # float32 values are 64 MiB, small beside the O(B^2) tensors yet large enough to keep kernels busy.
 BLOCK_ELEMENTS = 2**24
+# From this many points on, the student's [B, B] dissimilarity intermediates (4 MiB each at 1024) are
+# recomputed in backward rather than kept; below it the recomputation costs more time than it saves memory.
+CHECKPOINT_MIN_BATCH = 1024
+# |x| beyond which sigmoid(x) is taken as saturated: sigmoid(30) rounds to 1 in float32, sigmoid(-30) ~ 9e-14.
+SIGMOID_SATURATION = 30.0
 
 
 def scale_dissimilarities(dissimilarities: torch.Tensor, scale: ScaleName) -> torch.Tensor:
@@ -117,34 +123,111 @@ def hard_ranks(reference_rows: torch.Tensor, reference_index: torch.Tensor) -> t
 def rank_disagreement(
     student_ranks: torch.Tensor, teacher_ranks: torch.Tensor, reference_index: torch.Tensor
 ) -> torch.Tensor:
-    """``1/(m (B-1)) * sum_i sum_{j != i} (R^S_i(j) - R^T_i(j))^2`` over ``[m, B]`` rank matrices."""
+    """``1/(m (B-1)) * sum_i sum_{j != i} (R^S_i(j) - R^T_i(j))^2`` over ``[m, B]`` rank matrices.
+
+    Both sides' ``R_i(i)`` are 0 (every rank function here sets them so), so the ``j = i`` terms add
+    nothing and need no mask; ``reference_index`` is only checked against that.
+    """
     references, batch_size = student_ranks.shape
-    points = torch.arange(batch_size, device=student_ranks.device)
-    valid = points[None, :] != reference_index[:, None]
-    squared = (student_ranks - teacher_ranks).pow(2) * valid
-    return squared.sum() / (references * (batch_size - 1))
+    if reference_index.shape != (references,):
+        raise ValueError(f"reference_index has shape {tuple(reference_index.shape)}, expected ({references},)")
+    return (student_ranks - teacher_ranks).pow(2).sum() / (references * (batch_size - 1))
 
 
 def comparison_blocks(
     num_references: int, batch_size: int, reference_chunk_size: int | None = None
 ) -> list[tuple[slice, slice]]:
-    """Blocks ``(references, rows)`` of the ``[m, B, B]`` comparisons, each at most ``BLOCK_ELEMENTS``.
+    """Blocks ``(references, offsets)`` of the folded comparisons, each at most ``BLOCK_ELEMENTS`` values.
 
-    ``reference_chunk_size`` references per block (default: as many as fit the budget); where even
-    that many full ``[B, B]`` slices exceed the budget, the rows ``j`` are split as well.
+    The folded layout (see :func:`folded_sigmoids`) holds, per reference, one row of ``B + pad`` values
+    for each offset ``o = 1 .. B // 2`` (``pad < B // 2``). ``reference_chunk_size`` references per block
+    (default: as many as fit the budget); where even that many references exceed it, the offsets are
+    split as well (at least one offset row per block). Offsets are given as indices ``q = o - 1``.
     """
-    per_reference = batch_size * batch_size
+    num_offsets = batch_size // 2
+    per_offset = batch_size + num_offsets  # the longest padded row
+    per_reference = num_offsets * per_offset
     references_per_block = reference_chunk_size or max(1, BLOCK_ELEMENTS // per_reference)
     references_per_block = min(references_per_block, num_references)
     if references_per_block * per_reference <= BLOCK_ELEMENTS:
-        rows_per_block = batch_size
+        offsets_per_block = num_offsets
     else:
-        rows_per_block = max(1, BLOCK_ELEMENTS // (references_per_block * batch_size))
+        offsets_per_block = max(1, BLOCK_ELEMENTS // (references_per_block * per_offset))
     return [
-        (slice(first_reference, first_reference + references_per_block), slice(first_row, first_row + rows_per_block))
+        (
+            slice(first_reference, min(first_reference + references_per_block, num_references)),
+            slice(first_offset, min(first_offset + offsets_per_block, num_offsets)),
+        )
         for first_reference in range(0, num_references, references_per_block)
-        for first_row in range(0, batch_size, rows_per_block)
+        for first_offset in range(0, num_offsets, offsets_per_block)
     ]
+
+
+def step_(values: torch.Tensor, hard: bool) -> torch.Tensor:
+    """In place: ``sigmoid`` of the comparisons, or the hard step ``(1 + sign(x)) / 2`` (ties 1/2).
+
+    The comparisons are clamped to ``+-SIGMOID_SATURATION`` first: beyond it ``sigmoid`` is 1 in float32
+    and under 1e-13 on the other side, so no rank moves by more than 1e-13, but ``sigmoid`` of the far
+    tail would otherwise produce denormal numbers, which make the CPU's sigmoid and the backward's
+    products about twice as slow (a common case: tau=0.1 spans ~150 units of scaled distance).
+    """
+    if hard:
+        return values.sign_().add_(1.0).mul_(0.5)
+    return values.clamp_(-SIGMOID_SATURATION, SIGMOID_SATURATION).sigmoid_()
+
+
+def cyclic_partners(values: torch.Tensor, offsets: slice) -> torch.Tensor:
+    """``[c, B] -> [c, n, B]`` view with ``out[r, t, j] = values[r, (j + o_t) mod B]``, ``o_t = offsets.start + 1 + t``."""
+    count, batch_size = values.shape
+    extended = torch.cat([values, values[:, : offsets.stop]], dim=1)  # j + o <= B - 1 + offsets.stop
+    size = (count, offsets.stop - offsets.start, batch_size)
+    return extended.as_strided(size, (extended.stride(0), 1, 1), extended.storage_offset() + offsets.start + 1)
+
+
+def folded_buffer(first: torch.Tensor, partners: torch.Tensor, offsets: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded buffer ``[c, n, pad + B]`` (``pad = offsets.stop``) and its core ``[c, n, B]`` view, which
+    holds ``first[r, None, j] - partners[r, t, j]``. :func:`fill_padding` later copies the core's last
+    ``pad`` columns in front of it, so that sums along the cyclic diagonals become plain strided sums."""
+    count, num_offsets, batch_size = partners.shape
+    padded = first.new_empty(count, num_offsets, offsets.stop + batch_size)
+    core = padded[:, :, offsets.stop :]
+    torch.sub(first[:, None, :], partners, out=core)
+    return padded, core
+
+
+def fill_padding(padded: torch.Tensor, offsets: slice) -> torch.Tensor:
+    """Copy the core's last ``pad`` columns into the padding: ``padded[..., p] = core[..., (p - pad) mod B]``."""
+    batch_size = padded.shape[2] - offsets.stop
+    padded[:, :, : offsets.stop].copy_(padded[:, :, batch_size:])
+    return padded
+
+
+def first_and_second_sums(padded: torch.Tensor, offsets: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a filled padded buffer of ``F[t, j]`` (the pair ``(j, j + o_t)``): ``sum_t F[t, j]`` (``j`` first
+    in its pairs) and ``sum_t F[t, (k - o_t) mod B]`` (``k`` second), each ``[c, B]``."""
+    count, num_offsets, width = padded.shape
+    batch_size, pad = width - offsets.stop, offsets.stop
+    first = padded[:, :, pad:].sum(dim=1)
+    # F[t, (k - o_t) mod B] = padded[t, k - o_t + pad]: a stride of (width - 1) along t.
+    diagonals = padded.as_strided(
+        (count, num_offsets, batch_size),
+        (padded.stride(0), padded.stride(1) - 1, 1),
+        padded.storage_offset() + pad - offsets.start - 1,
+    )
+    return first, diagonals.sum(dim=1)
+
+
+def folded_sigmoids(scaled: torch.Tensor, offsets: slice, hard: bool = False) -> torch.Tensor:
+    """``S[r, t, j] = sigmoid(x_j - x_{(j + o_t) mod B})`` for one block of offsets, as a filled padded buffer.
+
+    Each unordered pair ``{j, k}`` of the ``B`` points is one offset ``o = (k - j) mod B`` in ``1 .. B // 2``
+    away, so the offsets ``1 .. B // 2`` hold every comparison once (twice for ``o = B / 2`` when ``B``
+    is even) and ``sigmoid(x_k - x_j) = 1 - S`` gives the mirrored one: half the ``[B, B]`` comparisons
+    of the direct formula, hence half its sigmoids.
+    """
+    padded, core = folded_buffer(scaled, cyclic_partners(scaled, offsets), offsets)
+    step_(core, hard)
+    return fill_padding(padded, offsets)
 
 
 def _chunked_rank_sums(
@@ -153,35 +236,44 @@ def _chunked_rank_sums(
     temperature: float,
     hard: bool,
     reference_chunk_size: int | None,
-) -> torch.Tensor:
-    """Soft (or hard) ranks ``[m, B]`` without materialising the ``[m, B, B]`` comparisons.
+    keep_single_block: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Soft (or hard) ranks ``[m, B]`` from the folded comparisons, one block at a time.
 
-    Each block of comparisons ``x = (d_ij - d_ik) / tau`` is one buffer turned in place into
-    ``sigmoid(x)`` (or the hard step ``(1 + sign(x)) / 2``, ties 1/2). Summing over every ``k`` and
-    subtracting the two excluded terms (``k = j``, always a tie worth 1/2, and ``k = i``) replaces the
-    ``[m, B, B]`` mask. (``sigmoid_`` rather than the ``tanh`` form: it is several times faster on CPU.)
+    ``(B - 2) R_i(j) = sum_t S[t, j] + sum_t (1 - S[t, (j - o_t) mod B]) - [B even] S[B/2 - 1, j]
+    - step(x_ij - x_ii)``: each pair once from either side, less the doubled ``o = B / 2`` pairs and the
+    excluded ``k = i`` term; ``R_i(i) = 0``.
+
+    With ``keep_single_block`` and all comparisons in one block, that padded block of sigmoids is
+    returned as well, for :class:`SoftRanks` to reuse in backward; otherwise ``None``.
     """
     num_references, batch_size = reference_rows.shape
-    ranks = torch.empty_like(reference_rows)  # [m, B]
-
-    def step_(values: torch.Tensor) -> torch.Tensor:
-        return values.sign_().add_(1.0).mul_(0.5) if hard else values.sigmoid_()
-
-    for references, rows in comparison_blocks(num_references, batch_size, reference_chunk_size):
-        scaled = reference_rows[references] / temperature  # [c, B]
-        block = step_(scaled[:, rows, None] - scaled[:, None, :])  # [c, b, B]
-        # d(i, j) - d(i, i): the excluded k = i term.
-        to_reference = step_(scaled[:, rows] - scaled.gather(1, reference_index[references, None]))
-        ranks[references, rows] = (block.sum(dim=2) - 0.5 - to_reference) / (batch_size - 2)
-    return ranks.scatter_(1, reference_index[:, None], 0.0)
+    num_offsets = batch_size // 2
+    scaled = reference_rows / temperature  # [m, B]
+    to_reference = scaled - scaled.gather(1, reference_index[:, None])  # x_ij - x_ii  [m, B]
+    ranks = -step_(to_reference, hard)
+    blocks = comparison_blocks(num_references, batch_size, reference_chunk_size)
+    padded = None
+    for references, offsets in blocks:
+        padded = folded_sigmoids(scaled[references], offsets, hard)
+        first, second = first_and_second_sums(padded, offsets)
+        ranks[references] += first - second + (offsets.stop - offsets.start)
+        if batch_size % 2 == 0 and offsets.stop == num_offsets:  # the o = B/2 pairs were counted twice
+            ranks[references] -= padded[:, -1, offsets.stop :]
+    ranks.scatter_(1, reference_index[:, None], 0.0).div_(batch_size - 2)
+    return ranks, (padded if keep_single_block and len(blocks) == 1 else None)
 
 
 class SoftRanks(torch.autograd.Function):
     """``R_i(j)`` from ``[m, B]`` reference rows, in ``O(m B)`` saved memory (the analytic backward).
 
-    With ``G = dL/dR`` (``G_ii = 0``) and ``W_ijk = sigmoid'((d_ij - d_ik) / tau)`` over the valid
-    ``k``, ``dL/dd_ia = [G_ia sum_k W_iak - sum_j G_ij W_ija] / ((B - 2) tau)``, using ``W`` symmetric
-    in ``(j, k)``. Backward recomputes ``W`` block by block as ``s (1 - s)`` with ``s = sigmoid(x)``.
+    With ``G = dL/dR`` (``G_ii = 0``) and ``W = sigmoid'`` of each comparison, each pair ``(j, k)``
+    contributes ``U_jk = (G_ij - G_ik) W_ijk`` to ``dL/dx_ij`` and ``-U_jk`` to ``dL/dx_ik``; the excluded
+    ``k = i`` terms take ``G_ij W(x_ij - x_ii)`` back, and everything is divided by ``(B - 2) tau``.
+    ``W = s (1 - s)`` with ``s`` the folded sigmoids: when every comparison fits one block (e.g.
+    ``B <= 256`` with all references), forward keeps that block and backward turns it into ``W`` in
+    place (at most ``BLOCK_ELEMENTS`` values kept, no sigmoid recomputed); larger batches recompute it
+    block by block, so only ``[m, B]`` tensors are kept.
     """
 
     @staticmethod
@@ -195,7 +287,11 @@ class SoftRanks(torch.autograd.Function):
         ctx.save_for_backward(reference_rows, reference_index)
         ctx.temperature = temperature
         ctx.reference_chunk_size = reference_chunk_size
-        return _chunked_rank_sums(reference_rows, reference_index, temperature, False, reference_chunk_size)
+        ranks, ctx.kept_block = _chunked_rank_sums(
+            reference_rows, reference_index, temperature, False, reference_chunk_size,
+            keep_single_block=ctx.needs_input_grad[0],
+        )
+        return ranks
 
     @staticmethod
     @once_differentiable
@@ -203,23 +299,34 @@ class SoftRanks(torch.autograd.Function):
         reference_rows, reference_index = ctx.saved_tensors
         temperature = ctx.temperature
         num_references, batch_size = reference_rows.shape
+        num_offsets = batch_size // 2
+        scaled = reference_rows / temperature
         # R_i(i) is the constant 0: its incoming gradient must not leak into the other entries.
         rank_grads = grad_ranks.to(reference_rows.dtype).scatter(1, reference_index[:, None], 0.0)  # [m, B]
-        grads = torch.zeros_like(reference_rows)  # [m, B], in units of (B - 2) tau
+        # The excluded k = i terms: -G_ij W(x_ij - x_ii).
+        to_reference = step_(scaled - scaled.gather(1, reference_index[:, None]), hard=False)
+        grads = -rank_grads * to_reference.mul_(1.0 - to_reference)  # [m, B], in units of (B - 2) tau
+        # The kept block is consumed in place; a second backward (retain_graph=True) recomputes it.
+        kept_block, ctx.kept_block = ctx.kept_block, None
 
-        def sigmoid_derivative_(values: torch.Tensor) -> torch.Tensor:
-            values.sigmoid_()
-            return values.mul_(1.0 - values)
-
-        for references, rows in comparison_blocks(num_references, batch_size, ctx.reference_chunk_size):
-            scaled = reference_rows[references] / temperature  # [c, B]
-            # The k = j entry (sigmoid'(0)) appears in both terms below and cancels.
-            weights = sigmoid_derivative_(scaled[:, rows, None] - scaled[:, None, :])  # [c, b, B]
-            # The k = i term is excluded from sum_k W_iak: subtract it.
-            to_reference = scaled[:, rows] - scaled.gather(1, reference_index[references, None])
-            row_sums = weights.sum(dim=2) - sigmoid_derivative_(to_reference)
-            grads[references, rows] += rank_grads[references, rows] * row_sums
-            grads[references] -= torch.bmm(rank_grads[references, None, rows], weights).squeeze(1)
+        for references, offsets in comparison_blocks(num_references, batch_size, ctx.reference_chunk_size):
+            if kept_block is None:
+                padded = folded_sigmoids(scaled[references], offsets)
+            else:
+                padded, kept_block = kept_block, None
+            core = padded[:, :, offsets.stop :]
+            core.addcmul_(core, core, value=-1.0)  # s - s^2 = sigmoid'(x), in place
+            block_grads = rank_grads[references]
+            partners = cyclic_partners(block_grads, offsets)
+            # An explicit contiguous buffer: left to itself, torch lays the difference out like the
+            # overlapping view (offsets innermost), and the product below then runs 3x slower.
+            differences = torch.sub(block_grads[:, None, :], partners, out=torch.empty_like(core, memory_format=torch.contiguous_format))
+            core.mul_(differences)  # U = (G_j - G_{j+o}) W
+            del differences
+            if batch_size % 2 == 0 and offsets.stop == num_offsets:  # o = B/2 holds each pair twice
+                core[:, -1].mul_(0.5)
+            first, second = first_and_second_sums(fill_padding(padded, offsets), offsets)
+            grads[references] += first - second
         grads /= (batch_size - 2) * temperature
         return grads.scatter_(1, reference_index[:, None], 0.0), None, None, None
 
@@ -242,7 +349,7 @@ def hard_ranks_chunked(
 ) -> torch.Tensor:
     """Same as :func:`hard_ranks` (no gradient), without the ``[m, B, B]`` tensor."""
     with torch.no_grad():
-        return _chunked_rank_sums(reference_rows, reference_index, 1.0, True, reference_chunk_size)
+        return _chunked_rank_sums(reference_rows, reference_index, 1.0, True, reference_chunk_size)[0]
 
 
 @register_loss
@@ -344,7 +451,7 @@ class PerceptionCoherenceLoss(DistillationLoss):
                 # Recomputing the [B, B] dissimilarities in backward (O(B^2 d), small beside the O(m B^2)
                 # comparisons) means autograd keeps only the features and the scaled matrix, not the
                 # dissimilarity's own intermediates.
-                if student.requires_grad and torch.is_grad_enabled():
+                if student.requires_grad and torch.is_grad_enabled() and batch_size >= CHECKPOINT_MIN_BATCH:
                     student_d = checkpoint(self.scaled_dissimilarities, student, self.dissimilarity, use_reentrant=False)
                 else:
                     student_d = self.scaled_dissimilarities(student, self.dissimilarity)
@@ -379,7 +486,7 @@ class PerceptionCoherenceLoss(DistillationLoss):
             return soft_ranks_reference(reference_rows, references, self.temperature)
         if self.hard_teacher_ranks:
             return hard_ranks_chunked(reference_rows, references, self.reference_chunk_size)
-        return _chunked_rank_sums(reference_rows, references, self.temperature, False, self.reference_chunk_size)
+        return _chunked_rank_sums(reference_rows, references, self.temperature, False, self.reference_chunk_size)[0]
 
     def extra_repr(self) -> str:
         return (

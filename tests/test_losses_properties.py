@@ -192,6 +192,37 @@ def test_cospress_full_form_is_the_symmetrised_joint_kl() -> None:
         torch.testing.assert_close(similarity_kl(teacher_cos, compressed_cos, valid, tau, "rowwise"), rowwise, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["full", "rowwise"])
+def test_cospress_analytic_gradient_equals_autograd_of_the_written_out_kl(form: str) -> None:
+    """Two token sets, the second with two padding tokens, two temperatures at once, float64."""
+    generator = torch.Generator().manual_seed(0)
+    teacher_cos = torch.rand(2, 5, 5, generator=generator, dtype=torch.float64) * 2 - 1
+    compressed_cos = (torch.rand(2, 5, 5, generator=generator, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    real = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    valid = real[:, :, None] & real[:, None, :] & ~torch.eye(5, dtype=torch.bool)
+    taus = torch.tensor([0.5, 0.2], dtype=torch.float64).view(2, 1, 1, 1)
+
+    def written_out(cosines: torch.Tensor) -> torch.Tensor:
+        weights = torch.exp(cosines / taus) * valid
+        conditional = weights / weights.sum(-1, keepdim=True).clamp_min(1e-300)
+        if form == "full":
+            symmetric = conditional + conditional.transpose(-1, -2)
+            return symmetric / symmetric.sum(dim=(-2, -1), keepdim=True)
+        return conditional
+
+    p, q = written_out(teacher_cos), written_out(compressed_cos)
+    terms = torch.where(valid, p * (p.clamp_min(1e-300).log() - q.clamp_min(1e-300).log()), 0.0)
+    rows = valid.any(-1)
+    expected = terms.sum((-2, -1)) if form == "full" else (terms.sum(-1) * rows).sum(-1) / rows.sum(-1)
+    actual = similarity_kl(teacher_cos, compressed_cos, valid, taus, form)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(2, 2, dtype=torch.float64, generator=generator)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), compressed_cos)
+    (actual_grad,) = torch.autograd.grad((actual * weights).sum(), compressed_cos)
+    torch.testing.assert_close(actual_grad, expected_grad, rtol=1e-8, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda cosines: similarity_kl(teacher_cos, cosines, valid, taus, form), (compressed_cos,))
+
+
 def test_cospress_map_losses_train_h_only_and_feature_losses_train_the_student_only() -> None:
     student = torch.randn(4, 5, 6, requires_grad=True)
     teacher = torch.randn(4, 5, 10)

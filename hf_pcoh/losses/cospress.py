@@ -28,10 +28,11 @@ between points survive, and the student regresses onto the compressed features:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from .base import DistillationLoss, register_loss
@@ -85,16 +86,100 @@ def log_add_exp(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """``log(e^a + e^b) = max(a, b) + log1p(e^-|a - b|)``, the exponent floored at ``LOG_PROBABILITY_FLOOR``.
 
     Written out because ``torch.logaddexp`` is about 5x slower on CPU (measured at [10, 128, 128]).
+    Not differentiable in place: callers that need a gradient write it out analytically.
     """
     gap = (first - second).abs().neg().clamp_min(LOG_PROBABILITY_FLOOR)
-    return torch.maximum(first, second) + gap.exp().log1p()
+    # log(1 + x) rather than log1p(x): 4x faster on CPU, and it differs only where x < 6e-8, by under 6e-8.
+    return torch.maximum(first, second) + gap.exp_().add_(1.0).log_()
 
 
-def masked_log_softmax(logits: torch.Tensor, valid_pairs: torch.Tensor, has_padding: bool) -> torch.Tensor:
-    """``log p(j|i)`` over the valid ``j`` of each row; invalid entries (and rows with none) ~ ``MASKED_LOGIT``."""
-    log_probabilities = F.log_softmax(logits.masked_fill(~valid_pairs, MASKED_LOGIT), dim=-1)
-    # A row with no valid pair (padding) came out uniform: push it out of the distribution too.
-    return log_probabilities.masked_fill(~valid_pairs, MASKED_LOGIT) if has_padding else log_probabilities
+def teacher_distribution(
+    teacher_cosines: torch.Tensor, valid_pairs: torch.Tensor, temperature: float | torch.Tensor, form: FormName
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's similarity distribution ``P`` ``[..., N, N]`` (0 off the valid pairs) and ``sum P log P``.
+
+    ``full``: the joint ``P_ij = (p(j|i) + p(i|j)) / (2 n)``, ``n`` the rows with a valid pair (each
+    conditional row sums to 1), and ``sum_ij P log P`` per matrix; ``rowwise``: the conditionals
+    ``p(j|i)`` and the mean over valid rows of ``sum_j p log p``. No gradient: the teacher is fixed.
+    """
+    with torch.no_grad():
+        logits = (teacher_cosines / temperature).masked_fill(~valid_pairs, MASKED_LOGIT)
+        # Entries 80 below their row's largest would only underflow (denormals: a slow exp on CPU).
+        logits = torch.maximum(logits, logits.amax(dim=-1, keepdim=True) + LOG_PROBABILITY_FLOOR)
+        conditional = logits.softmax(dim=-1) * valid_pairs
+        valid_rows = valid_pairs.any(dim=-1)
+        if form == "full":
+            pairs_total = 2.0 * valid_rows.sum(dim=-1).clamp_min(1).to(conditional.dtype)
+            joint = (conditional + conditional.transpose(-1, -2)) / pairs_total[..., None, None]
+            return joint, p_log_p(joint).sum(dim=(-2, -1))
+        row_sums = p_log_p(conditional).sum(dim=-1)
+        return conditional, row_sums.sum(dim=-1) / valid_rows.sum(dim=-1).clamp_min(1)
+
+
+def p_log_p(probabilities: torch.Tensor) -> torch.Tensor:
+    """``p log p`` with ``0 log 0 = 0`` (``p`` below 1e-30 adds under 1e-28); 5x faster than ``xlogy`` on CPU."""
+    return probabilities.clamp_min(1e-30).log_().mul_(probabilities)
+
+
+class CompressedCrossEntropy(torch.autograd.Function):
+    """``-sum P log Q`` per matrix, ``Q`` built from the compressed cosines like ``P`` (analytic backward).
+
+    ``q(j|i) = softmax_j(C^h_ij / tau)`` over the valid pairs. ``full``: ``Q_ij = (q_ij + q_ji) / (2 n)``
+    and, with ``r_ij = q_ij / (q_ij + q_ji)``, ``d/dlogit_ij = 2 (q_ij sum_k P_ik r_ik - P_ij r_ij)``
+    (``P``, ``Q`` symmetric); ``rowwise``: ``Q = q`` and ``d/dlogit_ij = (q_ij sum_k P_ik - P_ij) / n``.
+    Written out because autograd through the log-space symmetrisation keeps and walks about three
+    times as many ``[T, N, N]`` tensors (CosPress was a quarter of a small ViT's step at B=128).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        compressed_cosines: torch.Tensor,
+        teacher_probabilities: torch.Tensor,
+        valid_pairs: torch.Tensor,
+        temperature: float | torch.Tensor,
+        form: FormName,
+    ) -> torch.Tensor:
+        logits = (compressed_cosines / temperature).masked_fill(~valid_pairs, MASKED_LOGIT)
+        log_q = F.log_softmax(logits, dim=-1)  # finite everywhere: P = 0 wherever it is meaningless
+        valid_rows = valid_pairs.any(dim=-1)
+        if form == "full":
+            log_pair_sums = log_add_exp(log_q, log_q.transpose(-1, -2))  # log(q_ij + q_ji)
+            pairs_total = 2.0 * valid_rows.sum(dim=-1).clamp_min(1).to(log_q.dtype)
+            cross_entropy = (torch.log(pairs_total) * teacher_probabilities.sum(dim=(-2, -1))
+                             - (teacher_probabilities * log_pair_sums).sum(dim=(-2, -1)))
+            ctx.save_for_backward(log_q, log_pair_sums, teacher_probabilities, valid_pairs)
+        else:
+            row_cross_entropy = -(teacher_probabilities * log_q).sum(dim=-1)
+            valid_row_counts = valid_rows.sum(dim=-1).clamp_min(1).to(log_q.dtype)
+            cross_entropy = row_cross_entropy.sum(dim=-1) / valid_row_counts
+            ctx.save_for_backward(log_q, valid_row_counts, teacher_probabilities, valid_pairs)
+        ctx.temperature, ctx.form, ctx.cosines_shape = temperature, form, compressed_cosines.shape
+        return cross_entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        log_q, saved, teacher_probabilities, valid_pairs = ctx.saved_tensors
+        q = log_q.clamp_min(LOG_PROBABILITY_FLOOR).exp_() * valid_pairs
+        if ctx.form == "full":
+            ratios = (log_q - saved).clamp_min_(LOG_PROBABILITY_FLOOR).exp_()  # q_ij / (q_ij + q_ji)
+            weighted = ratios.mul_(teacher_probabilities)
+            grad_logits = q.mul_(weighted.sum(dim=-1, keepdim=True)).sub_(weighted).mul_(2.0)
+            scale = grad_output
+        else:
+            grad_logits = q.mul_(teacher_probabilities.sum(dim=-1, keepdim=True)).sub_(teacher_probabilities)
+            scale = grad_output / saved
+        grad_logits.mul_(scale[..., None, None] / ctx.temperature)
+        return sum_to_shape(grad_logits, ctx.cosines_shape), None, None, None, None
+
+
+def sum_to_shape(gradient: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast gradient back to ``shape`` (the leading temperature dimension, any size-1 axes)."""
+    while gradient.dim() > len(shape):
+        gradient = gradient.sum(dim=0)
+    dims = [axis for axis, size in enumerate(shape) if size == 1 and gradient.shape[axis] != 1]
+    return gradient.sum(dim=dims, keepdim=True) if dims else gradient
 
 
 def similarity_kl(
@@ -110,24 +195,12 @@ def similarity_kl(
     part (``i != j``, both real tokens); ``temperature`` is a number or a tensor that broadcasts against
     them (``[T, 1, ..., 1]`` for ``T`` temperatures at once). Returns one KL per matrix (``full``) or the
     mean of the row KLs over the rows that have a valid pair (``rowwise``), shaped as the broadcast
-    ``[..., N, N]`` without its last two dimensions.
-
-    ``full``: ``P_ij = (p(j|i) + p(i|j)) / (2 n)`` with ``n`` the rows that have a valid pair (each
-    conditional row sums to 1, so this is the normalised sum over the whole matrix).
+    ``[..., N, N]`` without its last two dimensions: ``sum P log P`` (:func:`teacher_distribution`)
+    ``+ (-sum P log Q)`` (:class:`CompressedCrossEntropy`), gradients to the compressed cosines only.
     """
-    has_padding = not bool(valid_pairs.any(dim=-1).all())
-    log_p = masked_log_softmax(teacher_cosines / temperature, valid_pairs, has_padding)
-    log_q = masked_log_softmax(compressed_cosines / temperature, valid_pairs, has_padding)
-    valid_rows = valid_pairs.any(dim=-1)  # [..., N]
-    if form == "full":
-        log_normaliser = torch.log(2.0 * valid_rows.sum(dim=-1).clamp_min(1).to(log_p.dtype))[..., None, None]
-        log_p = log_add_exp(log_p, log_p.transpose(-1, -2)) - log_normaliser
-        log_q = log_add_exp(log_q, log_q.transpose(-1, -2)) - log_normaliser
-    terms = (log_p.clamp_min(LOG_PROBABILITY_FLOOR).exp() * (log_p - log_q)).masked_fill(~valid_pairs, 0.0)
-    if form == "full":
-        return terms.sum(dim=(-2, -1))
-    row_kl = terms.sum(dim=-1)  # [..., N]
-    return (row_kl * valid_rows).sum(dim=-1) / valid_rows.sum(dim=-1).clamp_min(1)
+    teacher_probabilities, negative_entropy = teacher_distribution(teacher_cosines, valid_pairs, temperature, form)
+    cross_entropy = CompressedCrossEntropy.apply(compressed_cosines, teacher_probabilities, valid_pairs, temperature, form)
+    return negative_entropy + cross_entropy
 
 
 def similarity_map_loss(

@@ -69,7 +69,8 @@ def scale_dissimilarities(dissimilarities: torch.Tensor, scale: ScaleName) -> to
 
     ``std``: their standard deviation (ranks resolve distances in units of the batch's spread, which
     matters in high dimension where distances concentrate); ``median``: their median; ``none``.
-    A zero spread (all points equal) leaves the matrix unchanged rather than dividing by zero.
+    A zero spread (all pairs equally far apart) divides by 1e-12 rather than by zero: every comparison
+    is then a tie, as before scaling.
     """
     if scale == "none":
         return dissimilarities
@@ -83,8 +84,7 @@ def scale_dissimilarities(dissimilarities: torch.Tensor, scale: ScaleName) -> to
         spread = off_diagonal.median()
     else:
         raise ValueError(f"scale={scale!r} is not one of 'std', 'median', 'none'")
-    spread = torch.where(spread > 1e-12, spread, torch.ones_like(spread))
-    return dissimilarities / spread
+    return dissimilarities / spread.clamp_min(1e-12)
 
 
 def comparison_mask(reference_index: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -475,8 +475,7 @@ class PerceptionCoherenceLoss(DistillationLoss):
         if self.scale == "none" or type(dissimilarity) not in (Euclidean, SquaredEuclidean, Cosine):
             return features
         features = features if features.dtype in (torch.float32, torch.float64) else features.float()
-        largest = features.detach().abs().amax()
-        return features / torch.where(largest > 0, largest, 1.0)
+        return features / features.detach().abs().amax().clamp_min(torch.finfo(features.dtype).tiny)
 
     def teacher_ranks(self, reference_rows: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         """The teacher's ranks ``[m, B]`` (soft, or hard with ``hard_teacher_ranks``), without gradient."""

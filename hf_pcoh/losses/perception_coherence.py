@@ -297,38 +297,95 @@ class SoftRanks(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_ranks: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         reference_rows, reference_index = ctx.saved_tensors
-        temperature = ctx.temperature
-        num_references, batch_size = reference_rows.shape
-        num_offsets = batch_size // 2
-        scaled = reference_rows / temperature
-        # R_i(i) is the constant 0: its incoming gradient must not leak into the other entries.
-        rank_grads = grad_ranks.to(reference_rows.dtype).scatter(1, reference_index[:, None], 0.0)  # [m, B]
-        # The excluded k = i terms: -G_ij W(x_ij - x_ii).
-        to_reference = step_(scaled - scaled.gather(1, reference_index[:, None]), hard=False)
-        grads = -rank_grads * to_reference.mul_(1.0 - to_reference)  # [m, B], in units of (B - 2) tau
         # The kept block is consumed in place; a second backward (retain_graph=True) recomputes it.
         kept_block, ctx.kept_block = ctx.kept_block, None
+        grads = soft_rank_row_gradients(
+            reference_rows, reference_index, ctx.temperature, ctx.reference_chunk_size, grad_ranks, kept_block
+        )
+        return grads, None, None, None
 
-        for references, offsets in comparison_blocks(num_references, batch_size, ctx.reference_chunk_size):
-            if kept_block is None:
-                padded = folded_sigmoids(scaled[references], offsets)
-            else:
-                padded, kept_block = kept_block, None
-            core = padded[:, :, offsets.stop :]
-            core.addcmul_(core, core, value=-1.0)  # s - s^2 = sigmoid'(x), in place
-            block_grads = rank_grads[references]
-            partners = cyclic_partners(block_grads, offsets)
-            # An explicit contiguous buffer: left to itself, torch lays the difference out like the
-            # overlapping view (offsets innermost), and the product below then runs 3x slower.
-            differences = torch.sub(block_grads[:, None, :], partners, out=torch.empty_like(core, memory_format=torch.contiguous_format))
-            core.mul_(differences)  # U = (G_j - G_{j+o}) W
-            del differences
-            if batch_size % 2 == 0 and offsets.stop == num_offsets:  # o = B/2 holds each pair twice
-                core[:, -1].mul_(0.5)
-            first, second = first_and_second_sums(fill_padding(padded, offsets), offsets)
-            grads[references] += first - second
-        grads /= (batch_size - 2) * temperature
-        return grads.scatter_(1, reference_index[:, None], 0.0), None, None, None
+
+def soft_rank_row_gradients(
+    reference_rows: torch.Tensor,
+    reference_index: torch.Tensor,
+    temperature: float,
+    reference_chunk_size: int | None,
+    grad_ranks: torch.Tensor,
+    kept_block: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``dL/d(reference_rows)`` ``[m, B]`` from ``dL/dR`` ``[m, B]`` (formula in :class:`SoftRanks`).
+
+    ``kept_block``: forward's single padded block of sigmoids, turned into ``W`` in place; ``None``
+    recomputes the blocks.
+    """
+    num_references, batch_size = reference_rows.shape
+    num_offsets = batch_size // 2
+    scaled = reference_rows / temperature
+    # R_i(i) is the constant 0: its incoming gradient must not leak into the other entries.
+    rank_grads = grad_ranks.to(reference_rows.dtype).scatter(1, reference_index[:, None], 0.0)  # [m, B]
+    # The excluded k = i terms: -G_ij W(x_ij - x_ii).
+    to_reference = step_(scaled - scaled.gather(1, reference_index[:, None]), hard=False)
+    grads = -rank_grads * to_reference.mul_(1.0 - to_reference)  # [m, B], in units of (B - 2) tau
+
+    for references, offsets in comparison_blocks(num_references, batch_size, reference_chunk_size):
+        if kept_block is None:
+            padded = folded_sigmoids(scaled[references], offsets)
+        else:
+            padded, kept_block = kept_block, None
+        core = padded[:, :, offsets.stop :]
+        core.addcmul_(core, core, value=-1.0)  # s - s^2 = sigmoid'(x), in place
+        block_grads = rank_grads[references]
+        partners = cyclic_partners(block_grads, offsets)
+        # An explicit contiguous buffer: left to itself, torch lays the difference out like the
+        # overlapping view (offsets innermost), and the product below then runs 3x slower.
+        differences = torch.sub(block_grads[:, None, :], partners, out=torch.empty_like(core, memory_format=torch.contiguous_format))
+        core.mul_(differences)  # U = (G_j - G_{j+o}) W
+        del differences
+        if batch_size % 2 == 0 and offsets.stop == num_offsets:  # o = B/2 holds each pair twice
+            core[:, -1].mul_(0.5)
+        first, second = first_and_second_sums(fill_padding(padded, offsets), offsets)
+        grads[references] += first - second
+    grads /= (batch_size - 2) * temperature
+    return grads.scatter_(1, reference_index[:, None], 0.0)
+
+
+class SoftRankDisagreement(torch.autograd.Function):
+    """:func:`rank_disagreement` of the student's soft ranks (from its rows) and fixed teacher ranks.
+
+    Same value and gradient as ``rank_disagreement(soft_ranks_chunked(rows, ...), teacher_ranks, ...)``,
+    but the gradient ``dL/dR = 2 (R^S - R^T) / (m (B - 1))`` is known as soon as the ranks are, so the
+    row gradients are computed in forward, from the block of sigmoids just made (still in cache), and
+    no block outlives forward; backward only scales them.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        reference_rows: torch.Tensor,
+        teacher_ranks: torch.Tensor,
+        reference_index: torch.Tensor,
+        temperature: float,
+        reference_chunk_size: int | None,
+    ) -> torch.Tensor:
+        needs_grad = ctx.needs_input_grad[0]
+        student_ranks, kept_block = _chunked_rank_sums(
+            reference_rows, reference_index, temperature, False, reference_chunk_size, keep_single_block=needs_grad
+        )
+        num_references, batch_size = student_ranks.shape
+        differences = student_ranks - teacher_ranks.to(student_ranks.dtype)
+        loss = differences.pow(2).sum() / (num_references * (batch_size - 1))
+        ctx.row_gradients = None
+        if needs_grad:
+            rank_grads = differences.mul_(2.0 / (num_references * (batch_size - 1)))
+            ctx.row_gradients = soft_rank_row_gradients(
+                reference_rows, reference_index, temperature, reference_chunk_size, rank_grads, kept_block
+            )
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
+        return ctx.row_gradients * grad_loss, None, None, None, None
 
 
 def soft_ranks_chunked(
@@ -455,9 +512,9 @@ class PerceptionCoherenceLoss(DistillationLoss):
                     student_d = checkpoint(self.scaled_dissimilarities, student, self.dissimilarity, use_reentrant=False)
                 else:
                     student_d = self.scaled_dissimilarities(student, self.dissimilarity)
-                student_ranks = soft_ranks_chunked(
-                    student_d if all_references else student_d[references], references, self.temperature,
-                    self.reference_chunk_size,
+                return SoftRankDisagreement.apply(
+                    student_d if all_references else student_d[references], teacher_ranks, references,
+                    self.temperature, self.reference_chunk_size,
                 )
             return rank_disagreement(student_ranks, teacher_ranks.to(student_ranks.dtype), references)
 

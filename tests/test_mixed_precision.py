@@ -9,7 +9,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel, TrainerCallback
+from transformers import AutoConfig, AutoModel, TrainerCallback
 
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.features import FeatureExtractor
@@ -18,7 +18,7 @@ from hf_pcoh.losses.perception_coherence import rank_disagreement, soft_ranks_re
 from hf_pcoh.pipeline import build_setup
 from hf_pcoh.trainer import DistillationModel, DistillationTrainer
 
-from tiny_models import MINILM, TINY_BERT
+from tiny_models import MINILM, TINY_BERT, TINY_OPT, TINY_VIT
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "scripts" / "accelerate"
 
@@ -148,7 +148,8 @@ def test_accelerate_config_parses_as_8_process_bf16_launch(name, distributed_typ
     assert environment["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
-def test_fsdp_config_shards_fully_wraps_student_blocks_and_saves_a_full_state_dict() -> None:
+@pytest.mark.parametrize("student_config", [TINY_BERT, TINY_VIT, TINY_OPT], ids=["bert", "vit", "opt"])
+def test_fsdp_config_shards_fully_wraps_student_blocks_and_saves_a_full_state_dict(student_config: dict) -> None:
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import ShardingStrategy, StateDictType
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
@@ -164,11 +165,14 @@ def test_fsdp_config_shards_fully_wraps_student_blocks_and_saves_a_full_state_di
     assert plugin.use_orig_params is True
     assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT
     assert plugin.cpu_ram_efficient_loading is False  # the unwrapped teacher must load its own weights everywhere
-    # the transformer-based policy finds the student's blocks inside the trainable DistillationModel
-    student = BertModel(BertConfig(**{key: value for key, value in TINY_BERT.items() if key != "model_type"}))
+    # No class named in the config: the transformer-based policy takes the student's blocks, whatever the
+    # architecture, from the trainable DistillationModel's _no_split_modules.
+    student = AutoModel.from_config(AutoConfig.for_model(**student_config))
     plugin.set_auto_wrap_policy(DistillationModel(student, [FeatureExtractor()], {}, []))
     assert plugin.auto_wrap_policy.func is transformer_auto_wrap_policy
-    assert {cls.__name__ for cls in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]} == {"BertLayer"}
+    wrapped = {cls.__name__ for cls in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]}
+    block = {"bert": "BertLayer", "vit": "ViTLayer", "opt": "OPTDecoderLayer"}[student_config["model_type"]]
+    assert block in wrapped and wrapped == set(student._no_split_modules)
 
 
 def test_deepspeed_config_is_zero2_and_leaves_accumulation_and_clipping_to_the_trainer() -> None:

@@ -271,6 +271,13 @@ class PlainMSEStudent(nn.Module):
         return total
 
 
+def plain_mse_student(trainer: DistillationTrainer, student: nn.Module) -> PlainMSEStudent:
+    """``student`` wrapped as the plain-MSE baseline of ``trainer``'s layer pairs (same layers, pooling, widths)."""
+    heads = {term.pair_index: trainer.model.heads[term.key] for term in trainer.model.terms}
+    widths = [(heads[pair].student_dim, heads[pair].teacher_dim) for pair in sorted(heads)]
+    return PlainMSEStudent(student, trainer.model.student_extractors, widths).to(trainer.args.device)
+
+
 def loss_config(config: DistillationConfig, loss: str) -> DistillationConfig:
     """The same run with ``loss`` as its only feature loss."""
     return dataclasses.replace(config, losses=[loss], loss_weights=None)
@@ -290,9 +297,7 @@ def plain_student_step(
     trainer: DistillationTrainer, student: nn.Module, batches: list[Batch], cached: list[TeacherOutput]
 ) -> TimedStep:
     """The plain-MSE student step on the same features as ``trainer``'s layer pairs."""
-    heads = {term.pair_index: trainer.model.heads[term.key] for term in trainer.model.terms}
-    widths = [(heads[pair].student_dim, heads[pair].teacher_dim) for pair in sorted(heads)]
-    plain = PlainMSEStudent(student, trainer.model.student_extractors, widths).to(trainer.args.device).train()
+    plain = plain_mse_student(trainer, student).train()
     parameters = [parameter for parameter in plain.parameters() if parameter.requires_grad]
     optimizer = build_optimizer(parameters, trainer.args)
     autocast = trainer.accelerator.autocast

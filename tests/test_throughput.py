@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from hf_pcoh.cache_epochs import benchmark_cache_epochs, epoch_markdown_table
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.losses import LOSSES
 from hf_pcoh.pipeline import build_setup
@@ -93,3 +94,39 @@ def test_loss_selection_names_only_feature_losses() -> None:
         benchmarked_losses(["logit_kd"])
     with pytest.raises(ValueError, match="unknown loss 'perception'.*perception_coherence"):
         benchmarked_losses(["perception"])
+
+
+def test_cache_epochs_time_plain_student_training_and_each_loss_from_the_cache(tmp_path, digits_processor_dir) -> None:
+    config = DistillationConfig(
+        output_dir=str(tmp_path), use_cpu=True, teacher_config=TINY_RESNET, teacher_processor_name_or_path=digits_processor_dir,
+        student_config=TINY_VIT, dataset_name="digits", pooling="mean", teacher_pooling="gap",
+        per_device_train_batch_size=16, max_train_samples=80, seed=0, disable_tqdm=True, report_to="none",
+        save_strategy="no", evaluate_after_training=False, teacher_cache=str(tmp_path / "cache"),
+    )
+    setup = build_setup(config)
+    teacher_calls = []
+    setup.teacher.register_forward_hook(lambda *args: teacher_calls.append(1))
+    rows = benchmark_cache_epochs(setup, ["perception_coherence", "projected_mse"], warmup=1, rounds=1, recipe="tiny")
+
+    assert not teacher_calls  # from the cache: the teacher never runs in either epoch
+    assert [row.loss for row in rows] == ["perception_coherence", "projected_mse"]
+    for row in rows:
+        assert row.timed_steps == 4 and row.batch_size == 16  # 5 steps of 16, the first not timed
+        assert row.plain_seconds == rows[0].plain_seconds > 0 and row.cached_seconds > 0
+        timings = row.as_dict()
+        assert row.ratio == pytest.approx(row.cached_seconds / row.plain_seconds)
+        assert timings["meets_target"] == (row.ratio <= CACHE_TARGET)
+        assert timings["plain_samples_per_second"] == pytest.approx(16 / row.plain_seconds)
+    table = epoch_markdown_table(rows)
+    assert table.splitlines()[0].startswith("| recipe | loss | B | timed steps | plain student training |")
+    assert f"| {rows[0].ratio:.2f} " in table
+
+
+def test_cache_epochs_refuse_rows_without_cached_features(tmp_path, digits_processor_dir) -> None:
+    config = DistillationConfig(
+        output_dir=str(tmp_path), use_cpu=True, teacher_config=TINY_RESNET, teacher_processor_name_or_path=digits_processor_dir,
+        student_config=TINY_VIT, dataset_name="digits", pooling="mean", teacher_pooling="gap",
+        per_device_train_batch_size=16, max_train_samples=64, seed=0, disable_tqdm=True, report_to="none",
+    )
+    with pytest.raises(ValueError, match="no cached teacher features"):
+        benchmark_cache_epochs(build_setup(config), ["projected_mse"])

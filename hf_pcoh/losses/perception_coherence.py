@@ -23,13 +23,16 @@ and under euclidean distances to rotations and translations of either side.
 
 Two implementations give the same value and gradient. ``reference`` is the direct formula: autograd
 keeps the ``[m, B, B]`` comparison tensor, ``O(m B^2)`` memory (``O(B^3)`` with every point a
-reference). ``chunked`` (the default) is :class:`SoftRanks`, a ``torch.autograd.Function`` that sums
-the comparisons a block of references at a time and, in backward, recomputes them block by block
-from ``sigmoid'(x) = s (1 - s)``, so only ``[m, B]`` tensors outlive a block: ``O(B^2)`` memory with
-a bounded transient block of at most ``BLOCK_ELEMENTS`` comparisons (``c`` references x ``B^2``, rows
-split further when one reference's ``B^2`` exceeds it). The student's dissimilarity matrix is
-recomputed in backward (activation checkpointing) once the batch reaches ``CHECKPOINT_MIN_BATCH``
-points, so that its ``[B, B]`` intermediates are not kept either.
+reference). ``chunked`` (the default) works on a *folded* layout: every unordered pair ``{j, k}`` is
+``o = (k - j) mod B`` steps apart for one offset ``o`` in ``1 .. B // 2``, so the ``[B/2, B]`` rows of
+offsets hold each comparison once and ``1 - sigmoid`` gives the mirrored one (half the sigmoids of
+the direct formula; sums over the second point of a pair become strided sums over a padded copy).
+Blocks of at most ``BLOCK_ELEMENTS`` values (``c`` references x offsets x ``B``) are made one at a
+time; :class:`SoftRanks` (ranks with an analytic backward) and :class:`SoftRankDisagreement` (the
+loss, whose row gradients are computed in forward, from the block just made) keep only ``[m, B]``
+tensors beyond a block: ``O(B^2)`` memory. The student's dissimilarity matrix is recomputed in
+backward (activation checkpointing) once the batch reaches ``CHECKPOINT_MIN_BATCH`` points, so that
+its ``[B, B]`` intermediates are not kept either.
 """
 
 from __future__ import annotations
@@ -428,7 +431,7 @@ class PerceptionCoherenceLoss(DistillationLoss):
       hard_teacher_ranks: rank the teacher's dissimilarities exactly instead of softly.
       num_references: use ``m`` reference points sampled without replacement per batch instead of all
           ``B`` (``O(m B^2)`` work).
-      implementation: ``"auto"`` (default, = ``"chunked"``), ``"chunked"`` (:class:`SoftRanks`,
+      implementation: ``"auto"`` (default, = ``"chunked"``), ``"chunked"`` (:class:`SoftRankDisagreement`,
           ``O(B^2)`` memory) or ``"reference"`` (the direct formula, ``O(m B^2)`` memory; for checking).
       reference_chunk_size: references per block of the chunked implementation (default: as many as
           keep a block under ``BLOCK_ELEMENTS`` comparisons).

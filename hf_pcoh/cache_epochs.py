@@ -29,10 +29,10 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
-from .collator import CACHED_FEATURES_KEY
+from .collator import CACHED_FEATURES_KEY, cached_feature_column
 from .features import Features
 from .pipeline import DistillationSetup
-from .throughput import CACHE_TARGET, benchmarked_losses, build_trainer, plain_mse_student, recipe_setup
+from .throughput import CACHE_TARGET, benchmarked_losses, build_trainer, plain_mse_student, recipe_setup, synchronize
 
 PLAIN_EPOCH = "plain student training"
 
@@ -72,8 +72,7 @@ class StepClock(TrainerCallback):
         self.step_ends: list[float] = []
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if torch.cuda.is_available() and args.device.type == "cuda":
-            torch.cuda.synchronize(args.device)
+        synchronize(args.device)
         self.step_ends.append(time.perf_counter())
 
     def seconds_per_step(self, warmup: int) -> float:
@@ -125,7 +124,7 @@ def benchmark_cache_epochs(
 
     ``setup`` must come from :func:`cached_recipe_setup` (its rows carry ``teacher_features_<i>``).
     """
-    if CACHED_FEATURES_KEY not in setup.collator([setup.train_dataset[0], setup.train_dataset[1]]):
+    if cached_feature_column(0) not in setup.train_dataset.column_names:
         raise ValueError("the training rows carry no cached teacher features: build the setup with --teacher_cache")
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be >= 1")

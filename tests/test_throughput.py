@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 
 from hf_pcoh.cache_epochs import benchmark_cache_epochs, epoch_markdown_table
@@ -24,16 +23,6 @@ from hf_pcoh.throughput import (
 from tiny_models import TINY_RESNET, TINY_VIT
 
 FEATURE_LOSSES = [name for name in LOSSES if name != "logit_kd"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny steps gain nothing from a second thread, and on a busy 2-core machine two threads run them
-    4-10x slower (measured here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_rows_give_samples_per_second_and_the_ratios_to_their_baselines(tmp_path, digits_processor_dir) -> None:

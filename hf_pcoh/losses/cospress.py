@@ -93,6 +93,11 @@ def log_add_exp(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return torch.maximum(first, second) + gap.exp_().add_(1.0).log_()
 
 
+def rows_with_pairs(valid_pairs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``n`` per matrix: the rows of ``valid_pairs`` ``[..., N, N]`` with at least one valid pair (at least 1)."""
+    return valid_pairs.any(dim=-1).sum(dim=-1).clamp_min(1).to(dtype)
+
+
 def teacher_distribution(
     teacher_cosines: torch.Tensor, valid_pairs: torch.Tensor, temperature: float | torch.Tensor, form: FormName
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,13 +112,11 @@ def teacher_distribution(
         # Entries 80 below their row's largest would only underflow (denormals: a slow exp on CPU).
         logits = torch.maximum(logits, logits.amax(dim=-1, keepdim=True) + LOG_PROBABILITY_FLOOR)
         conditional = logits.softmax(dim=-1) * valid_pairs
-        valid_rows = valid_pairs.any(dim=-1)
+        rows = rows_with_pairs(valid_pairs, conditional.dtype)
         if form == "full":
-            pairs_total = 2.0 * valid_rows.sum(dim=-1).clamp_min(1).to(conditional.dtype)
-            joint = (conditional + conditional.transpose(-1, -2)) / pairs_total[..., None, None]
+            joint = (conditional + conditional.transpose(-1, -2)) / (2.0 * rows)[..., None, None]
             return joint, p_log_p(joint).sum(dim=(-2, -1))
-        row_sums = p_log_p(conditional).sum(dim=-1)
-        return conditional, row_sums.sum(dim=-1) / valid_rows.sum(dim=-1).clamp_min(1)
+        return conditional, p_log_p(conditional).sum(dim=(-2, -1)) / rows
 
 
 def p_log_p(probabilities: torch.Tensor) -> torch.Tensor:
@@ -142,18 +145,15 @@ class CompressedCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         logits = (compressed_cosines / temperature).masked_fill(~valid_pairs, MASKED_LOGIT)
         log_q = F.log_softmax(logits, dim=-1)  # finite everywhere: P = 0 wherever it is meaningless
-        valid_rows = valid_pairs.any(dim=-1)
+        rows = rows_with_pairs(valid_pairs, log_q.dtype)
         if form == "full":
             log_pair_sums = log_add_exp(log_q, log_q.transpose(-1, -2))  # log(q_ij + q_ji)
-            pairs_total = 2.0 * valid_rows.sum(dim=-1).clamp_min(1).to(log_q.dtype)
-            cross_entropy = (torch.log(pairs_total) * teacher_probabilities.sum(dim=(-2, -1))
+            cross_entropy = (torch.log(2.0 * rows) * teacher_probabilities.sum(dim=(-2, -1))
                              - (teacher_probabilities * log_pair_sums).sum(dim=(-2, -1)))
             ctx.save_for_backward(log_q, log_pair_sums, teacher_probabilities, valid_pairs)
         else:
-            row_cross_entropy = -(teacher_probabilities * log_q).sum(dim=-1)
-            valid_row_counts = valid_rows.sum(dim=-1).clamp_min(1).to(log_q.dtype)
-            cross_entropy = row_cross_entropy.sum(dim=-1) / valid_row_counts
-            ctx.save_for_backward(log_q, valid_row_counts, teacher_probabilities, valid_pairs)
+            cross_entropy = -(teacher_probabilities * log_q).sum(dim=(-2, -1)) / rows
+            ctx.save_for_backward(log_q, rows, teacher_probabilities, valid_pairs)
         ctx.temperature, ctx.form, ctx.cosines_shape = temperature, form, compressed_cosines.shape
         return cross_entropy
 

@@ -34,17 +34,22 @@ class Dissimilarity:
         return f"{type(self).__name__}()"
 
 
+def centred(features: torch.Tensor) -> torch.Tensor:
+    """Rows minus their mean: distances do not change, and the Gram-matrix formula below stays accurate
+    when the features sit far from the origin."""
+    return features - features.mean(dim=0, keepdim=True)
+
+
 class SquaredEuclidean(Dissimilarity):
     """``d(x, y) = ||x - y||^2``, from the Gram matrix, clamped at 0 against round-off."""
 
     name = "squared_euclidean"
 
     def pairwise(self, features: torch.Tensor) -> torch.Tensor:
-        # Centring first keeps the Gram-matrix formula accurate when features sit far from the origin.
-        centred = features - features.mean(dim=0, keepdim=True)
-        squared_norms = (centred * centred).sum(dim=1)
+        points = centred(features)
+        squared_norms = (points * points).sum(dim=1)
         # ||x_i||^2 + ||x_j||^2 - 2 <x_i, x_j> in one addmm; few ops matter: this runs on every batch.
-        squared = torch.addmm(squared_norms[:, None] + squared_norms[None, :], centred, centred.T, alpha=-2.0)
+        squared = torch.addmm(squared_norms[:, None] + squared_norms[None, :], points, points.T, alpha=-2.0)
         return squared.clamp_min(0.0).fill_diagonal_(0.0)
 
 
@@ -54,10 +59,10 @@ class Euclidean(Dissimilarity):
     name = "euclidean"
 
     def pairwise(self, features: torch.Tensor) -> torch.Tensor:
-        # Centred as in SquaredEuclidean. torch.cdist computes through the Gram matrix too, and its own
-        # backward (0 where a distance is 0) costs half of autograd through the written-out formula.
-        centred = features - features.mean(dim=0, keepdim=True)
-        distances = torch.cdist(centred, centred)
+        # torch.cdist computes through the Gram matrix too, and its own backward (0 where a distance
+        # is 0) costs half of autograd through the written-out formula.
+        points = centred(features)
+        distances = torch.cdist(points, points)
         return distances.masked_fill(torch.eye(len(features), dtype=torch.bool, device=features.device), 0.0)
 
 

@@ -57,8 +57,8 @@ PERCEPTION_COHERENCE_CITATION = """@article{nguyen2026perception,
 ScaleName = Literal["std", "median", "none"]
 ImplementationName = Literal["auto", "chunked", "reference"]
 
-# Elements of one block of comparisons [references, rows, B] in the chunked implementation: 2^24
-# float32 values are 64 MiB, small beside the O(B^2) tensors yet large enough to keep kernels busy.
+# Values of one block of folded comparisons [references, offsets, pad + B] in the chunked implementation:
+# 2^24 float32 values are 64 MiB, small beside the O(B^2) tensors yet large enough to keep kernels busy.
 BLOCK_ELEMENTS = 2**24
 # From this many points on, the student's [B, B] dissimilarity intermediates (4 MiB each at 1024) are
 # recomputed in backward rather than kept; below it the recomputation costs more time than it saves memory.
@@ -248,7 +248,7 @@ def _chunked_rank_sums(
     excluded ``k = i`` term; ``R_i(i) = 0``.
 
     With ``keep_single_block`` and all comparisons in one block, that padded block of sigmoids is
-    returned as well, for :class:`SoftRanks` to reuse in backward; otherwise ``None``.
+    returned as well, for :func:`soft_rank_row_gradients` to reuse; otherwise ``None``.
     """
     num_references, batch_size = reference_rows.shape
     num_offsets = batch_size // 2
@@ -374,12 +374,12 @@ class SoftRankDisagreement(torch.autograd.Function):
         student_ranks, kept_block = _chunked_rank_sums(
             reference_rows, reference_index, temperature, False, reference_chunk_size, keep_single_block=needs_grad
         )
-        num_references, batch_size = student_ranks.shape
-        differences = student_ranks - teacher_ranks.to(student_ranks.dtype)
-        loss = differences.pow(2).sum() / (num_references * (batch_size - 1))
+        teacher_ranks = teacher_ranks.to(student_ranks.dtype)
+        loss = rank_disagreement(student_ranks, teacher_ranks, reference_index)
         ctx.row_gradients = None
         if needs_grad:
-            rank_grads = differences.mul_(2.0 / (num_references * (batch_size - 1)))
+            num_references, batch_size = student_ranks.shape
+            rank_grads = (student_ranks - teacher_ranks).mul_(2.0 / (num_references * (batch_size - 1)))
             ctx.row_gradients = soft_rank_row_gradients(
                 reference_rows, reference_index, temperature, reference_chunk_size, rank_grads, kept_block
             )

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from transformers import AutoModel, PreTrainedModel, Trainer, set_seed
 
 from . import __version__
-from .cli import read_recipe
+from .recipes import read_recipe
 from .collator import DistillationCollator
 from .config import DistillationConfig
 from .data import load_splits
@@ -51,7 +51,7 @@ from .embedding import embed
 from .evaluation import evaluate_embeddings
 from .features import FeatureExtractor
 from .losses import LOSSES
-from .losses.base import unknown_name_message
+from .errors import unknown_name_message
 from .models import count_parameters
 from .peers import train_sentence_transformers_peer
 from .pipeline import DistillationSetup, build_setup, embedding_extractors, run_distillation, write_json

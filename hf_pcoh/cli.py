@@ -3,56 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
-from importlib import resources
-from pathlib import Path
-from typing import Any
 
-import yaml
 from transformers import HfArgumentParser
 
 from .artifacts import LAYER_QUALITY_PLOT_FILE
 from .auto_layers import choose_teacher_layers
 from .config import DistillationConfig
+from .recipes import DEFAULT_RECIPE, is_recipe_argument, read_recipe
 from .hub import PublishError
-from .losses.base import unknown_name_message
 from .pipeline import build_setup, run_distillation
 from .trainer import NonFiniteLossError
 from .student_report import summary_line
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_RECIPE = "minilm-wordnet"
-
-
-def builtin_recipes() -> dict[str, Path]:
-    """The recipes shipped in ``hf_pcoh/recipes``, by name."""
-    folder = resources.files("hf_pcoh") / "recipes"
-    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
-
-
-def is_recipe_argument(argument: str) -> bool:
-    return not argument.startswith("-") and (argument.endswith((".yaml", ".yml", ".json")) or argument in builtin_recipes())
-
-
-def read_recipe(recipe: str) -> dict[str, Any]:
-    """Load a recipe file, or a built-in recipe by name, into a dict of config fields."""
-    recipes = builtin_recipes()
-    path = recipes.get(recipe, Path(recipe))
-    if not path.is_file():
-        raise ValueError(f"recipe {recipe!r} not found: give a YAML/JSON file or one of {sorted(recipes)}")
-    with path.open(encoding="utf-8") as stream:
-        values = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)
-    if not isinstance(values, dict):
-        raise ValueError(f"recipe {path} must be a mapping of config fields, got {type(values).__name__}")
-    known = list(DistillationConfig.__dataclass_fields__)
-    for key in values:
-        if key not in known:
-            raise ValueError(f"recipe {path}: {unknown_name_message('field', key, known)}")
-    return values
 
 
 class DistillationArgumentParser(HfArgumentParser):

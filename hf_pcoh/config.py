@@ -14,7 +14,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .losses import LOSSES
-from .losses.base import unknown_name_message
+from .errors import unknown_name_message
 
 POOLINGS = ("cls", "mean", "last_token", "gap", "none")
 NAMED_LAYERS = ("last", "pooler")

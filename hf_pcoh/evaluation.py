@@ -43,7 +43,7 @@ from sklearn.metrics import pairwise_distances
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .losses.base import unknown_name_message
+from .errors import unknown_name_message
 from .losses.dissimilarity import Dissimilarity, get_dissimilarity
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer
 
-from .cli import read_recipe
+from .recipes import read_recipe
 from .config import DistillationConfig
 from .data import load_splits
 from .features import FeatureExtractor, Features

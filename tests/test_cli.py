@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from hf_pcoh.cli import builtin_recipes, distill_main, parse_distillation_args
+from hf_pcoh.cli import distill_main, parse_distillation_args
+from hf_pcoh.recipes import builtin_recipes
 
 from tiny_models import MINILM, TINY_BERT, TINY_RESNET, TINY_VIT
 

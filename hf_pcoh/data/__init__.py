@@ -9,7 +9,7 @@ from typing import Callable
 import datasets
 from datasets import DatasetDict
 
-from ..losses.base import unknown_name_message
+from ..errors import unknown_name_message
 from .digits import load_digits_dataset
 from .fashion_mnist import load_fashion_mnist
 from .wordnet import load_wordnet_glosses

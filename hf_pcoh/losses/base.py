@@ -12,11 +12,12 @@ Calling it as ``loss(student, teacher, mask=None, labels=None)`` returns a scala
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from ..errors import unknown_name_message
 
 LOSSES: dict[str, type["DistillationLoss"]] = {}
 
@@ -29,13 +30,6 @@ def register_loss(cls: type["DistillationLoss"]) -> type["DistillationLoss"]:
         raise ValueError(f"a loss named {cls.name!r} is already registered ({LOSSES[cls.name].__qualname__})")
     LOSSES[cls.name] = cls
     return cls
-
-
-def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
-    """An error message for an unknown registry name that lists the known ones and the closest match."""
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(known))}."
 
 
 def get_loss_class(name: str) -> type["DistillationLoss"]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .base import unknown_name_message
+from ..errors import unknown_name_message
 
 
 class Dissimilarity:

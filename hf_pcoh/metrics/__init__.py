@@ -19,7 +19,7 @@ from pathlib import Path
 
 import datasets
 
-from ..losses.base import unknown_name_message
+from ..errors import unknown_name_message
 
 METRICS: tuple[str, ...] = ("teacher_neighbour_recall", "dissimilarity_spearman", "perception_coherence")
 

@@ -1,0 +1,45 @@
+"""The built-in recipes (YAML files of ``DistillationConfig`` fields beside this module) and reading any
+recipe file into a dict of config fields, checked against the config's field names."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import unknown_name_message
+
+DEFAULT_RECIPE = "minilm-wordnet"
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes shipped in ``hf_pcoh/recipes``, by name."""
+    folder = resources.files("hf_pcoh") / "recipes"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def is_recipe_argument(argument: str) -> bool:
+    """Whether a command-line argument names a recipe (a YAML/JSON file or a built-in recipe's name)."""
+    return not argument.startswith("-") and (argument.endswith((".yaml", ".yml", ".json")) or argument in builtin_recipes())
+
+
+def read_recipe(recipe: str) -> dict[str, Any]:
+    """Load a recipe file, or a built-in recipe by name, into a dict of config fields."""
+    from ..config import DistillationConfig  # the config imports the losses; recipes are read before either is needed
+
+    recipes = builtin_recipes()
+    path = recipes.get(recipe, Path(recipe))
+    if not path.is_file():
+        raise ValueError(f"recipe {recipe!r} not found: give a YAML/JSON file or one of {sorted(recipes)}")
+    with path.open(encoding="utf-8") as stream:
+        values = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {path} must be a mapping of config fields, got {type(values).__name__}")
+    known = list(DistillationConfig.__dataclass_fields__)
+    for key in values:
+        if key not in known:
+            raise ValueError(f"recipe {path}: {unknown_name_message('field', key, known)}")
+    return values

@@ -8,6 +8,7 @@ The public API: :class:`DistillationConfig` (every knob, a ``TrainingArguments``
 __version__ = "0.1.0"
 
 from .config import DistillationConfig
+from .evaluation import compare_teacher_and_student as evaluate_student
 from .evaluation import evaluate_embeddings
 from .features import FeatureExtractor, Features
 from .losses import (
@@ -26,7 +27,6 @@ from .losses import (
     register_loss,
 )
 from .pipeline import run_distillation
-from .student_report import compare_teacher_and_student as evaluate_student
 from .trainer import DistillationModel, DistillationTrainer
 
 __all__ = [

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
 import sys
+from typing import Any
 
 from transformers import HfArgumentParser
 
 from .artifacts import LAYER_QUALITY_PLOT_FILE
-from .auto_layers import choose_teacher_layers
 from .config import DistillationConfig
-from .recipes import DEFAULT_RECIPE, is_recipe_argument, read_recipe
+from .evaluation import summary_line
 from .hub import PublishError
-from .pipeline import build_setup, run_distillation
+from .pipeline import run_distillation
+from .recipes import DEFAULT_RECIPE, is_recipe_argument, read_recipe
+from .setup import build_setup, choose_layers_by_quality
 from .trainer import NonFiniteLossError
-from .student_report import summary_line
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,26 @@ class DistillationArgumentParser(HfArgumentParser):
 
     def error(self, message: str) -> None:
         raise ValueError(f"{message} (run with --help for every option and its type)")
+
+
+def recipe_for_command_line(recipe: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """The recipe's fields, less its options for losses that ``--losses`` on the command line no longer runs.
+
+    A recipe's ``loss_kwargs`` configure the recipe's losses; ``recipe --losses cka`` asks for another loss,
+    so the recipe's perception-coherence options are dropped (logged) rather than refused as options for a
+    loss the run does not use. Options given with ``--loss_kwargs`` are kept as given and checked.
+    """
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--losses", "--loss", nargs="+")
+    options.add_argument("--loss_kwargs")
+    chosen, _ = options.parse_known_args(argv)
+    if chosen.losses is None or chosen.loss_kwargs is not None or not isinstance(recipe.get("loss_kwargs"), dict):
+        return recipe
+    kept = {name: value for name, value in recipe["loss_kwargs"].items() if name in chosen.losses}
+    dropped = sorted(set(recipe["loss_kwargs"]) - set(kept))
+    if dropped:
+        logger.info("--losses %s: the recipe's options for %s are not used", " ".join(chosen.losses), ", ".join(dropped))
+    return {**recipe, "loss_kwargs": kept}
 
 
 def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig:
@@ -40,7 +62,7 @@ def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig
     if argv and is_recipe_argument(argv[0]):
         recipe = argv.pop(0)
     parser = DistillationArgumentParser(DistillationConfig)
-    parser.set_defaults(**read_recipe(recipe))
+    parser.set_defaults(**recipe_for_command_line(read_recipe(recipe), argv))
     (config,) = parser.parse_args_into_dataclasses(args=argv)
     return config
 
@@ -83,12 +105,7 @@ def select_layers_main(argv: list[str] | None = None) -> int:
         top_k = config.layer_selection_top_k or len(config.student_layers)
         # Build the models and data as the recipe says, with fixed layers: the choice is made here.
         setup = build_setup(dataclasses.replace(config, teacher_layers=["last"] * len(config.student_layers)))
-        choice = choose_teacher_layers(
-            setup.teacher, setup.collator.teacher_processor, setup.train_dataset, setup.collator.input_column,
-            setup.collator.label_column, setup.modality, config.teacher_pooling or config.pooling, top_k=top_k,
-            num_samples=config.layer_selection_samples, max_length=config.max_length, device=config.device,
-            seed=config.seed,
-        )
+        choice = choose_layers_by_quality(setup, top_k)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,12 +13,11 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .losses import LOSSES
 from .errors import unknown_name_message
+from .features import NAMED_LAYERS, POOLINGS
+from .losses import LOSSES, check_loss_options, loss_options_help
 
-POOLINGS = ("cls", "mean", "last_token", "gap", "none")
-NAMED_LAYERS = ("last", "pooler")
-AUTO_LAYERS = "auto"
+AUTO_LAYERS = "auto"  # teacher_layers: auto = chosen by knowledge quality (hf_pcoh.layers)
 
 
 def parse_layer(value: int | str, option: str) -> int | str:
@@ -167,7 +166,8 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Options per loss as JSON, keyed by loss name, e.g. "
-            "'{\"perception_coherence\": {\"temperature\": 0.05}}'."
+            "'{\"perception_coherence\": {\"temperature\": 0.05}}'; only for losses in --losses, checked before "
+            "any model loads. Each loss's options (type, default): " + loss_options_help().replace("%", "%%") + "."
         },
     )
     ce_weight: float = field(
@@ -207,9 +207,24 @@ class DistillationConfig(TrainingArguments):
 
     def validate_distillation_options(self) -> None:
         """Check every distillation field; raise ``ValueError`` naming the field, the value and a fix."""
+        self._parse_json_options()
+        self._check_models()
+        self._check_json_objects()
+        self._check_layers()
+        self._check_pooling()
+        self._check_losses()
+        self.validate_loss_options()
+        self._check_logit_objectives()
+        self._check_data_and_run_options()
+        self._check_batch_size()
+
+    def _parse_json_options(self) -> None:
         self.teacher_config = parse_json_option(self.teacher_config, "teacher_config")
         self.student_config = parse_json_option(self.student_config, "student_config")
         self.loss_kwargs = parse_json_option(self.loss_kwargs, "loss_kwargs") or {}
+
+    def _check_models(self) -> None:
+        """A teacher and a student, each from a checkpoint or a config."""
         if not self.teacher_model_name_or_path and not self.teacher_config:
             raise ValueError(
                 "no teacher: set teacher_model_name_or_path (a local folder or Hub id, e.g. "
@@ -222,33 +237,46 @@ class DistillationConfig(TrainingArguments):
                 "no student: set student_model_name_or_path or student_config (e.g. '{\"num_hidden_layers\": 3}' to "
                 "shrink the teacher's architecture)"
             )
+
+    def _check_json_objects(self) -> None:
         for option in ("student_config", "teacher_config", "loss_kwargs"):
             value = getattr(self, option)
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"{option} must be a JSON object (dict), got {value!r}")
+
+    def _check_layers(self) -> None:
+        """Student and teacher layers paired one-to-one, or teacher layers left to the automatic choice."""
         self.student_layers = [parse_layer(layer, "student_layers") for layer in self.student_layers]
         if not self.student_layers or not self.teacher_layers:
             raise ValueError("student_layers and teacher_layers must each name at least one layer (e.g. last)")
         if self.teacher_layers_auto:
-            top_k = self.layer_selection_top_k or len(self.student_layers)
-            if top_k != len(self.student_layers):
-                raise ValueError(
-                    f"layer_selection_top_k={top_k} must equal the number of student layers "
-                    f"({len(self.student_layers)}: {self.student_layers}): the chosen teacher layers pair one-to-one"
-                )
-            if self.layer_selection_samples < 20:
-                raise ValueError(f"layer_selection_samples={self.layer_selection_samples} is too few (try 2000)")
-        else:
-            self.teacher_layers = [parse_layer(layer, "teacher_layers") for layer in self.teacher_layers]
-        if not self.teacher_layers_auto and len(self.student_layers) != len(self.teacher_layers):
+            self._check_layer_selection()
+            return
+        self.teacher_layers = [parse_layer(layer, "teacher_layers") for layer in self.teacher_layers]
+        if len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(
                 f"student_layers={self.student_layers} and teacher_layers={self.teacher_layers} must have the same "
                 "length: they are paired one-to-one"
             )
+
+    def _check_layer_selection(self) -> None:
+        top_k = self.layer_selection_top_k or len(self.student_layers)
+        if top_k != len(self.student_layers):
+            raise ValueError(
+                f"layer_selection_top_k={top_k} must equal the number of student layers "
+                f"({len(self.student_layers)}: {self.student_layers}): the chosen teacher layers pair one-to-one"
+            )
+        if self.layer_selection_samples < 20:
+            raise ValueError(f"layer_selection_samples={self.layer_selection_samples} is too few (try 2000)")
+
+    def _check_pooling(self) -> None:
         for option in ("pooling", "teacher_pooling"):
             value = getattr(self, option)
             if value is not None and value not in POOLINGS:
                 raise ValueError(f"{option}={value!r} is not a pooling; use one of {POOLINGS}")
+
+    def _check_losses(self) -> None:
+        """Known loss names, one non-negative weight each (default 1.0)."""
         if not self.losses:
             raise ValueError(f"losses is empty; name at least one of {sorted(LOSSES)}")
         for name in self.losses:
@@ -264,14 +292,29 @@ class DistillationConfig(TrainingArguments):
         for name, weight in zip(self.losses, self.loss_weights):
             if weight < 0:
                 raise ValueError(f"loss_weights: the weight of {name!r} is {weight}; weights must be >= 0")
+
+    def validate_loss_options(self) -> None:
+        """Check ``loss_kwargs`` before any model loads: every key names a loss of this run, and its options
+        are a mapping of that loss's constructor options, of the hinted types and valid values."""
         for name in self.loss_kwargs:
-            if name not in self.losses and name not in LOSSES:
+            if name not in LOSSES:
                 raise ValueError(f"loss_kwargs: {unknown_name_message('loss', name, list(LOSSES))}")
+            if name not in self.losses:
+                raise ValueError(
+                    f"loss_kwargs has options for {name!r}, which this run does not use (losses={self.losses}): "
+                    f"add {name!r} to --losses or remove its options"
+                )
+        self.loss_kwargs = {name: check_loss_options(name, options) for name, options in self.loss_kwargs.items()}
+
+    def _check_logit_objectives(self) -> None:
+        """Cross-entropy and logit KD: non-negative weights, a positive temperature."""
         for option in ("ce_weight", "logit_kd_weight"):
             if getattr(self, option) < 0:
                 raise ValueError(f"{option}={getattr(self, option)} must be >= 0")
         if not self.logit_kd_temperature > 0:
             raise ValueError(f"logit_kd_temperature={self.logit_kd_temperature} must be > 0 (try 2.0)")
+
+    def _check_data_and_run_options(self) -> None:
         if self.non_finite_loss not in ("stop", "skip"):
             raise ValueError(f"non_finite_loss={self.non_finite_loss!r} must be 'stop' or 'skip'")
         if self.padding_side not in (None, "left", "right"):
@@ -286,6 +329,9 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(f"{option}={value} must be a positive number of rows")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs --hub_model_id USER/NAME: the Hub repo the student is published to")
+
+    def _check_batch_size(self) -> None:
+        """Batch-level losses compare the points of a batch: each needs its minimum batch size."""
         batch_level = [name for name in self.losses if LOSSES[name].batch_level]
         needed = max((LOSSES[name].min_batch_size for name in batch_level), default=1)
         if self.per_device_train_batch_size < 1 or (batch_level and self.per_device_train_batch_size < needed):

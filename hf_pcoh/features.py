@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from .config import NAMED_LAYERS, POOLINGS
+POOLINGS = ("cls", "mean", "last_token", "gap", "none")
+NAMED_LAYERS = ("last", "pooler")  # layers named rather than indexed: last_hidden_state, pooler_output
 
 
 @dataclass

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from .embedding import batched_forward
+from .evaluation import batched_forward
 
 
 def head_linear(model: nn.Module) -> nn.Linear:

@@ -1,10 +1,11 @@
 """``DistillationTrainer``: a ``transformers.Trainer`` that distils a frozen teacher's features into a student.
 
-One training step (DESIGN.md section 2): the collator gives ``student_inputs`` (and ``teacher_inputs``
-when the teacher has its own processor); the teacher runs in eval mode without gradients; both sides'
-features are taken from the chosen layers and pooled; batch-level losses see the global batch
-(gathered across processes with gradients); the weighted sum of every (layer pair, loss) term, plus
-optional cross-entropy and logit KD, is backpropagated into the student and the losses' heads.
+One training step (``docs/architecture.md`` draws it): the collator gives ``student_inputs`` (and
+``teacher_inputs`` when the teacher has its own processor); the teacher runs in eval mode without
+gradients, or its features come from the teacher-feature cache; both sides' features are taken from the
+chosen layers and pooled; batch-level losses see the global batch (gathered across processes with
+gradients); the weighted sum of every (layer pair, loss) term, plus optional cross-entropy and logit
+KD, is backpropagated into the student and the losses' heads.
 
 The trainable module handed to ``Trainer`` is :class:`DistillationModel` (student + heads), so
 accelerate/DDP wrap, optimise and checkpoint both; the student itself is saved as a plain
@@ -54,6 +55,51 @@ class DistillationTerm:
 
 
 @dataclass
+class FeatureProbe:
+    """Both models' outputs on two training rows: what sizes the losses' heads and checks the recipe."""
+
+    student_features: list[Features]
+    teacher_features: list[Features]
+    student_logits: torch.Tensor | None
+    teacher_logits: torch.Tensor | None
+    has_labels: bool
+
+
+def build_terms(
+    args: DistillationConfig, student_features: list[Features], teacher_features: list[Features]
+) -> tuple[dict[str, DistillationLoss], list[DistillationTerm]]:
+    """One loss module and one term per (layer pair, loss), each loss sized to its pair's feature widths."""
+    losses: dict[str, DistillationLoss] = {}
+    terms: list[DistillationTerm] = []
+    for pair_index, (s_layer, t_layer) in enumerate(zip(args.student_layers, args.teacher_layers)):
+        s_features, t_features = student_features[pair_index], teacher_features[pair_index]
+        for name, weight in zip(args.losses, args.loss_weights):
+            key = f"pair{pair_index}_{name}"
+            loss = build_loss(name, student_dim=s_features.dim, teacher_dim=t_features.dim, **args.loss_options(name))
+            if s_features.values.dim() == 3 and not loss.accepts_tokens:
+                raise ValueError(
+                    f"loss {name!r} compares pooled features but pooling='none' gives tokens; choose a pooling "
+                    "(cls, mean, last_token, gap) or a token-level loss"
+                )
+            losses[key] = loss
+            terms.append(DistillationTerm(key, f"{name}[s{layer_label(s_layer)}>t{layer_label(t_layer)}]", pair_index, weight))
+    return losses, terms
+
+
+def build_logit_kd(
+    args: DistillationConfig, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
+) -> DistillationLoss:
+    """Hinton's logit KD between teacher and student logits over the same classes."""
+    if teacher_logits is None or teacher_logits.shape[-1] != student_logits.shape[-1]:
+        raise ValueError(
+            "logit_kd_weight > 0 needs teacher and student logits over the same classes; got "
+            f"{None if teacher_logits is None else teacher_logits.shape[-1]} and {student_logits.shape[-1]}"
+        )
+    classes = student_logits.shape[-1]
+    return build_loss("logit_kd", student_dim=classes, teacher_dim=classes, temperature=args.logit_kd_temperature)
+
+
+@dataclass
 class DistillationOutput:
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -61,6 +107,17 @@ class DistillationOutput:
 
 def layer_label(layer: int | str) -> str:
     return str(layer)
+
+
+def teacher_extractors(config: DistillationConfig) -> list[FeatureExtractor]:
+    """One extractor per layer pair, reading the teacher's layer with the teacher's pooling."""
+    teacher_pooling = config.teacher_pooling or config.pooling
+    return [FeatureExtractor(layer, teacher_pooling, "teacher") for layer in config.teacher_layers]
+
+
+def student_extractors(config: DistillationConfig) -> list[FeatureExtractor]:
+    """One extractor per layer pair, reading the student's layer."""
+    return [FeatureExtractor(layer, config.pooling, "student") for layer in config.student_layers]
 
 
 @torch.no_grad()
@@ -135,6 +192,8 @@ class DistillationModel(nn.Module):
                 student_values, teacher_values, mask = gathered[term.pair_index]
             value = loss(student_values, teacher_values, mask=mask, labels=labels)
             values[term.label] = value
+            # A loss of several terms (CosPress) reports each, unweighted and detached, in `parts`.
+            values.update({f"{term.label}/{part}": part_value for part, part_value in loss.parts.items()})
             total = total + term.weight * value
         logits = getattr(outputs, "logits", None)
         if self.ce_weight > 0:
@@ -169,10 +228,8 @@ class DistillationTrainer(Trainer):
     ) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.distillation_collator = collator
-        teacher_pooling = args.teacher_pooling or args.pooling
-        self.teacher_extractors = [FeatureExtractor(layer, teacher_pooling, "teacher") for layer in args.teacher_layers]
-        student_extractors = [FeatureExtractor(layer, args.pooling, "student") for layer in args.student_layers]
-        model = self.build_distillation_model(student, student_extractors, args, train_dataset)
+        self.teacher_extractors = teacher_extractors(args)
+        model = self.build_distillation_model(student, student_extractors(args), args, train_dataset)
         super().__init__(
             model=model,
             args=args,
@@ -198,46 +255,36 @@ class DistillationTrainer(Trainer):
         train_dataset: Any,
     ) -> DistillationModel:
         """Probe both models on two training rows to learn the feature widths, then build every term."""
+        probe = self.probe_features(student, student_extractors, train_dataset)
+        losses, terms = build_terms(args, probe.student_features, probe.teacher_features)
+        if (args.ce_weight > 0 or args.logit_kd_weight > 0) and probe.student_logits is None:
+            raise ValueError("ce_weight / logit_kd_weight need a student with a classification head (logits)")
+        if args.ce_weight > 0 and not probe.has_labels:
+            raise ValueError("ce_weight > 0 needs labels: set label_column to a column of class labels")
+        logit_kd = build_logit_kd(args, probe.student_logits, probe.teacher_logits) if args.logit_kd_weight > 0 else None
+        return DistillationModel(student, student_extractors, losses, terms, args.ce_weight, logit_kd, args.logit_kd_weight)
+
+    def probe_features(
+        self, student: PreTrainedModel, student_extractors: list[FeatureExtractor], train_dataset: Any
+    ) -> FeatureProbe:
+        """Run teacher and student, without gradients, on the first two training rows."""
         if len(train_dataset) < 2:
             raise ValueError(f"the training set has {len(train_dataset)} rows; distillation needs at least 2")
-        probe = self.distillation_collator([train_dataset[i] for i in range(2)])
+        batch = self.distillation_collator([train_dataset[i] for i in range(2)])
         student_was_training = student.training
         student.eval()
         with torch.no_grad():
-            teacher_features, teacher_logits = self.teacher_forward(probe, device=next(self.teacher.parameters()).device)
-            outputs = student(**probe["student_inputs"], output_hidden_states=True)
+            teacher_features, teacher_logits = self.teacher_forward(batch, device=next(self.teacher.parameters()).device)
+            outputs = student(**batch["student_inputs"], output_hidden_states=True)
         student.train(student_was_training)
-        student_features = [extractor(outputs, probe["student_inputs"].get("attention_mask")) for extractor in student_extractors]
-        losses: dict[str, DistillationLoss] = {}
-        terms: list[DistillationTerm] = []
-        for pair_index, (s_layer, t_layer) in enumerate(zip(args.student_layers, args.teacher_layers)):
-            s_features, t_features = student_features[pair_index], teacher_features[pair_index]
-            for name, weight in zip(args.losses, args.loss_weights):
-                key = f"pair{pair_index}_{name}"
-                loss = build_loss(name, student_dim=s_features.dim, teacher_dim=t_features.dim, **args.loss_options(name))
-                if s_features.values.dim() == 3 and not loss.accepts_tokens:
-                    raise ValueError(
-                        f"loss {name!r} compares pooled features but pooling='none' gives tokens; choose a pooling "
-                        "(cls, mean, last_token, gap) or a token-level loss"
-                    )
-                losses[key] = loss
-                terms.append(DistillationTerm(key, f"{name}[s{layer_label(s_layer)}>t{layer_label(t_layer)}]", pair_index, weight))
-        logits = getattr(outputs, "logits", None)
-        if (args.ce_weight > 0 or args.logit_kd_weight > 0) and logits is None:
-            raise ValueError("ce_weight / logit_kd_weight need a student with a classification head (logits)")
-        if args.ce_weight > 0 and "labels" not in probe:
-            raise ValueError("ce_weight > 0 needs labels: set label_column to a column of class labels")
-        logit_kd = None
-        if args.logit_kd_weight > 0:
-            if teacher_logits is None or teacher_logits.shape[-1] != logits.shape[-1]:
-                raise ValueError(
-                    "logit_kd_weight > 0 needs teacher and student logits over the same classes; got "
-                    f"{None if teacher_logits is None else teacher_logits.shape[-1]} and {logits.shape[-1]}"
-                )
-            logit_kd = build_loss(
-                "logit_kd", student_dim=logits.shape[-1], teacher_dim=logits.shape[-1], temperature=args.logit_kd_temperature
-            )
-        return DistillationModel(student, student_extractors, losses, terms, args.ce_weight, logit_kd, args.logit_kd_weight)
+        mask = batch["student_inputs"].get("attention_mask")
+        return FeatureProbe(
+            student_features=[extractor(outputs, mask) for extractor in student_extractors],
+            teacher_features=teacher_features,
+            student_logits=getattr(outputs, "logits", None),
+            teacher_logits=teacher_logits,
+            has_labels="labels" in batch,
+        )
 
     # ---- the step ----------------------------------------------------------------------------------
     def teacher_forward(

@@ -4,24 +4,28 @@
     python scripts/bench_throughput.py minilm-wordnet --losses perception_coherence projected_mse --steps 5
     python scripts/bench_throughput.py --device cuda --bf16 --batch_size 256 --json throughput.json
 
-Targets (DESIGN.md section 7): distillation step <= 1.15 x (teacher forward + student step with plain MSE);
+Targets: distillation step <= 1.15 x (teacher forward + student step with plain MSE);
 with cached teacher features an epoch <= 1.10 x plain student training. Two tables: per step (collation
-excluded, hf_pcoh.throughput), where the ratio to the plain step is the stricter form of the cache target;
-and per epoch through Trainer.train with data loading (hf_pcoh.cache_epochs), the target as written.
+excluded, benchmarks.throughput), where the ratio to the plain step is the stricter form of the cache target;
+and per epoch through Trainer.train with data loading (benchmarks.cache_epochs), the target as written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 
 import torch
 from transformers.utils import logging as transformers_logging
 
-from hf_pcoh.cache_epochs import epoch_markdown_table, measure_cache_epochs
-from hf_pcoh.throughput import describe_machine, markdown_table, measure_recipe
+# benchmarks/ is not installed with hf_pcoh: import it from this checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.cache_epochs import epoch_markdown_table, measure_cache_epochs  # noqa: E402
+from benchmarks.throughput import describe_machine, markdown_table, measure_recipe  # noqa: E402
 
 DEFAULT_RECIPES = ["minilm-wordnet", "fashion-mnist"]
 

@@ -2,7 +2,8 @@
 
 Reads the run's ``distillation_config.json`` (teacher, data, layers, pooling), embeds the held-out split
 and a labelled reference sample with both models, and writes ``eval_results.json`` and ``eval_results.md``
-into OUTPUT_DIR. The logic is ``hf_pcoh.pipeline.evaluate_saved_student``.
+into OUTPUT_DIR (the table shows each metric per geometry, ``<name>/cosine`` and ``<name>/euclidean``,
+without the unsuffixed aliases). The logic is ``hf_pcoh.evaluation.evaluate_saved_student``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import logging
 import os
 import sys
 
-from hf_pcoh.evaluation import format_comparison_table
-from hf_pcoh.pipeline import EVAL_RESULTS_FILE, evaluate_saved_student, write_json
-from hf_pcoh.student_report import summary_line
+from hf_pcoh.artifacts import EVAL_RESULTS_FILE, write_json
+from hf_pcoh.evaluation import evaluate_saved_student, format_comparison_table, summary_line, without_aliases
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_json(os.path.join(args.output_dir, EVAL_RESULTS_FILE), results)
-    table = format_comparison_table({"teacher": results["teacher"], "student": results["student"]})
+    table = format_comparison_table({role: without_aliases(results[role]) for role in ("teacher", "student")})
     with open(os.path.join(args.output_dir, "eval_results.md"), "w", encoding="utf-8") as stream:
         stream.write(table + "\n")
     print(table)

@@ -1,9 +1,9 @@
 """Publish a distilled student with its model card: ``python scripts/publish.py DIR --repo_id USER/NAME``.
 
 Writes ``DIR/README.md`` (the model card: teacher, recipe, results, plots, usage, citations) and uploads
-the folder in one commit (not ``checkpoint-*/``, ``runs/`` nor ``*.bin``). ``--dry_run`` prints the files
-and the card that would be uploaded, and writes and sends nothing. Log in first with ``hf auth login``
-(or set ``HF_TOKEN``). All the logic is in :mod:`hf_pcoh.hub`.
+the folder in one commit (not ``checkpoint-*/``, ``runs/``, ``*.bin`` nor symbolic links). ``--dry_run``
+prints the files and the card that would be uploaded, and writes and sends nothing. Log in first with
+``hf auth login`` (or set ``HF_TOKEN``). All the logic is in :mod:`hf_pcoh.hub`.
 """
 
 from __future__ import annotations

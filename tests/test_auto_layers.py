@@ -15,7 +15,7 @@ from transformers import ViTImageProcessor
 from transformers.modeling_outputs import BaseModelOutput
 
 from hf_pcoh.artifacts import DISTILLATION_CONFIG_FILE, LAYER_QUALITY_PLOT_FILE, LAYER_QUALITY_TABLE_FILE
-from hf_pcoh.auto_layers import choose_teacher_layers
+from hf_pcoh.layers import choose_teacher_layers
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.data import load_digits_dataset
 from hf_pcoh.pipeline import run_distillation

@@ -136,3 +136,14 @@ def test_images_of_the_wrong_channel_count_are_refused(role, tmp_path, capsys, d
     assert code == 2, err
     assert f"the {role} expects 3-channel images but its image processor gives 1-channel ones" in err
     assert not output_dir.exists() or not os.listdir(output_dir)
+
+
+def test_losses_on_the_command_line_drop_the_recipes_options_for_other_losses() -> None:
+    """``minilm-wordnet --losses cka``: the recipe's perception-coherence options do not make the run refuse."""
+    config = parse_distillation_args(["minilm-wordnet", "--losses", "cka", "--output_dir", "unused"])
+    assert config.losses == ["cka"] and config.loss_kwargs == {}
+    kept = parse_distillation_args(["minilm-wordnet", "--loss", "perception_coherence", "cka", "--output_dir", "unused"])
+    assert kept.loss_kwargs == {"perception_coherence": {"temperature": 0.1}}
+    with pytest.raises(ValueError, match="does not use"):  # options the user typed are checked, not dropped
+        parse_distillation_args(["minilm-wordnet", "--losses", "cka", "--loss_kwargs", '{"gram": {}}',
+                                 "--output_dir", "unused"])

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel
 
 from hf_pcoh.config import DistillationConfig
-from hf_pcoh.embedding import embed
+from hf_pcoh.evaluation import embed
 from hf_pcoh.features import FeatureExtractor
 from hf_pcoh.pipeline import DISTILLATION_CONFIG_FILE, build_setup, run_distillation
 from hf_pcoh.trainer import HEADS_FILE, DistillationTrainer

@@ -1,6 +1,7 @@
 """Embedding metrics: values worked out by hand on a few points, the properties a reader relies on
-(identical embeddings agree perfectly, reversed orderings score 0, invariances), input validation, and
-the local ``evaluate`` metric modules loading from disk with the network cut off.
+(identical embeddings agree perfectly, reversed orderings score 0, invariances, and what each of the
+cosine and euclidean geometries ignores), input validation, and the local ``evaluate`` metric modules
+loading from disk with the network cut off.
 
 Most hand examples put points on a line, embedded as ``[[x], ...]`` (1-D) so that euclidean distances
 are the differences of the coordinates; the derivations are in the comments.
@@ -8,6 +9,7 @@ are the differences of the coordinates; the derivations are in the comments.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import socket
@@ -16,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_pcoh import evaluation
 from hf_pcoh.evaluation import (
+    GEOMETRIES,
+    METRICS,
     EmbeddingEvaluation,
     dissimilarity_spearman,
     empirical_perception_coherence,
@@ -25,11 +28,13 @@ from hf_pcoh.evaluation import (
     format_comparison_table,
     knn_accuracy,
     linear_probe_accuracy,
+    metric_path,
+    neighbour_search,
     retrieval_metrics,
     teacher_neighbour_recall,
+    without_aliases,
 )
 from hf_pcoh.losses.dissimilarity import Dissimilarity, Euclidean
-from hf_pcoh.metrics import METRICS, metric_path
 
 
 def line(*positions: float) -> np.ndarray:
@@ -157,15 +162,15 @@ def test_retrieval_metrics_never_build_the_full_distance_matrix(monkeypatch: pyt
     points, labels = rng.normal(size=(600, 8)), rng.integers(0, 5, size=600)
     whole = retrieval_metrics(points, labels, chunk_size=600)
     chunk_shapes = []
-    original = evaluation.pairwise_distances
+    original = neighbour_search.pairwise_distances
 
     def recording(queries, references, **kwargs):
         distances = original(queries, references, **kwargs)
         chunk_shapes.append(distances.shape)
         return distances
 
-    monkeypatch.setattr(evaluation, "pairwise_distances", recording)
-    monkeypatch.setattr(evaluation, "NEIGHBOUR_CHUNK_ENTRIES", 600 * 50)
+    monkeypatch.setattr(neighbour_search, "pairwise_distances", recording)
+    monkeypatch.setattr(neighbour_search, "NEIGHBOUR_CHUNK_ENTRIES", 600 * 50)
     assert retrieval_metrics(points, labels) == pytest.approx(whole)
     assert len(chunk_shapes) == 12 and max(rows * cols for rows, cols in chunk_shapes) <= 600 * 50
 
@@ -328,22 +333,99 @@ def _split_with_classes(seed: int = 0):
     return student[:60], student[60:], labels[:60], labels[60:], teacher[:60], teacher[60:]
 
 
+# The unsuffixed names of before, then each metric per geometry (see hf_pcoh.evaluation.report).
+OLD_KEYS = [
+    "knn_accuracy@1", "knn_accuracy@10", "linear_probe_accuracy", "map_at_r", "recall_at_1", "recall_at_10",
+    "teacher_neighbour_recall@10", "dissimilarity_spearman", "perception_coherence",
+]
+GEOMETRY_METRICS = [
+    "knn_accuracy@1", "knn_accuracy@10", "map_at_r", "recall_at_1", "recall_at_10", "teacher_neighbour_recall@10",
+    "dissimilarity_spearman", "perception_coherence",
+]
+
+
 def test_evaluate_embeddings_computes_what_applies_with_the_functions_values() -> None:
     student_train, student_test, train_labels, test_labels, teacher_train, teacher_test = _split_with_classes()
     everything = evaluate_embeddings(student_train, student_test, train_labels, test_labels, teacher_train, teacher_test)
-    assert list(everything) == [
-        "knn_accuracy@1", "knn_accuracy@10", "linear_probe_accuracy", "map_at_r", "recall_at_1", "recall_at_10",
-        "teacher_neighbour_recall@10", "dissimilarity_spearman", "perception_coherence",
-    ]
+    assert list(everything) == OLD_KEYS + [f"{name}/{geometry}" for geometry in GEOMETRIES for name in GEOMETRY_METRICS]
+    for geometry in ("cosine", "euclidean"):
+        assert everything[f"knn_accuracy@10/{geometry}"] == knn_accuracy(
+            student_train, train_labels, student_test, test_labels, 10, geometry)
+        assert everything[f"map_at_r/{geometry}"] == retrieval_metrics(student_test, test_labels, metric=geometry)["map_at_r"]
+        assert everything[f"teacher_neighbour_recall@10/{geometry}"] == teacher_neighbour_recall(
+            student_test, teacher_test, 10, geometry)
+        assert everything[f"dissimilarity_spearman/{geometry}"] == dissimilarity_spearman(student_test, teacher_test, geometry)
+        assert everything[f"perception_coherence/{geometry}"] == empirical_perception_coherence(
+            student_test, teacher_test, geometry)
+    # the old keys are aliases of the geometry they were measured in: cosine neighbours, euclidean agreement
+    for name in ("knn_accuracy@1", "knn_accuracy@10", "map_at_r", "recall_at_1", "recall_at_10", "teacher_neighbour_recall@10"):
+        assert everything[name] == everything[f"{name}/cosine"], name
+    for name in ("dissimilarity_spearman", "perception_coherence"):
+        assert everything[name] == everything[f"{name}/euclidean"], name
     assert everything["knn_accuracy@10"] == knn_accuracy(student_train, train_labels, student_test, test_labels, 10)
-    assert everything["map_at_r"] == retrieval_metrics(student_test, test_labels)["map_at_r"]
-    assert everything["teacher_neighbour_recall@10"] == teacher_neighbour_recall(student_test, teacher_test, 10)
     assert everything["perception_coherence"] == empirical_perception_coherence(student_test, teacher_test)
 
-    label_free = evaluate_embeddings(student_train, student_test, teacher_test=teacher_test)
-    assert set(label_free) == {"teacher_neighbour_recall@10", "dissimilarity_spearman", "perception_coherence"}
-    class_only = evaluate_embeddings(student_train, student_test, train_labels, test_labels, ks=(5,))
-    assert set(class_only) == {"knn_accuracy@5", "linear_probe_accuracy", "map_at_r", "recall_at_5"}
+    label_free = evaluate_embeddings(student_train, student_test, teacher_test=teacher_test, geometries=("euclidean",))
+    assert list(label_free) == [
+        "dissimilarity_spearman", "perception_coherence",  # no cosine measured: no neighbour aliases
+        "teacher_neighbour_recall@10/euclidean", "dissimilarity_spearman/euclidean", "perception_coherence/euclidean",
+    ]
+    class_only = evaluate_embeddings(student_train, student_test, train_labels, test_labels, ks=(5,), geometries="cosine")
+    assert list(class_only) == [
+        "knn_accuracy@5", "linear_probe_accuracy", "map_at_r", "recall_at_5",
+        "knn_accuracy@5/cosine", "map_at_r/cosine", "recall_at_5/cosine",
+    ]
+
+
+def test_evaluate_embeddings_gives_json_with_both_geometries_of_every_geometric_metric() -> None:
+    metrics = evaluate_embeddings(*_split_with_classes())
+    assert json.loads(json.dumps(metrics, allow_nan=False)) == metrics
+    per_geometry = {geometry: {key.split("/")[0] for key in metrics if key.endswith(f"/{geometry}")}
+                    for geometry in GEOMETRIES}
+    assert per_geometry["cosine"] == per_geometry["euclidean"] == set(GEOMETRY_METRICS)
+    assert all(isinstance(value, float) for value in metrics.values())
+    # for a table: every metric once, per geometry, the probe (no geometry) unsuffixed
+    assert list(without_aliases(metrics)) == ["linear_probe_accuracy"] + [
+        f"{name}/{geometry}" for geometry in GEOMETRIES for name in GEOMETRY_METRICS]
+
+
+def _by_geometry(metrics: dict[str, float], geometry: str) -> dict[str, float]:
+    return {key: value for key, value in metrics.items() if key.endswith(f"/{geometry}")}
+
+
+def _student_metrics_after(transform) -> dict[str, float]:
+    """Every metric of the student, with ``transform`` applied to both of its splits (not the teacher)."""
+    student_train, student_test, train_labels, test_labels, teacher_train, teacher_test = _split_with_classes()
+    return EmbeddingEvaluation(ks=(1, 5), num_triples=20_000).evaluate(
+        transform(student_train), transform(student_test), train_labels, test_labels, teacher_train, teacher_test)
+
+
+def test_cosine_metrics_ignore_rescaling_each_row_and_euclidean_ones_do_not() -> None:
+    factors = np.exp(np.random.default_rng(7).uniform(-3, 3, size=(60, 1)))  # one positive factor per row
+    plain = _student_metrics_after(lambda points: points)
+    rescaled = _student_metrics_after(lambda points: points * factors[: len(points)])
+    assert _by_geometry(rescaled, "cosine") == pytest.approx(_by_geometry(plain, "cosine"), abs=1e-12)
+    euclidean_changes = {key for key, value in _by_geometry(rescaled, "euclidean").items() if value != plain[key]}
+    assert {"teacher_neighbour_recall@5/euclidean", "perception_coherence/euclidean",
+            "dissimilarity_spearman/euclidean"} <= euclidean_changes
+
+
+def test_euclidean_metrics_ignore_a_common_translation_and_cosine_ones_do_not() -> None:
+    shift = np.random.default_rng(8).normal(size=5) * 4.0
+    plain = _student_metrics_after(lambda points: points)
+    translated = _student_metrics_after(lambda points: points + shift)
+    assert _by_geometry(translated, "euclidean") == pytest.approx(_by_geometry(plain, "euclidean"), abs=1e-9)
+    cosine_changes = {key for key, value in _by_geometry(translated, "cosine").items() if value != plain[key]}
+    assert {"teacher_neighbour_recall@5/cosine", "perception_coherence/cosine",
+            "dissimilarity_spearman/cosine"} <= cosine_changes
+
+
+def test_both_geometries_ignore_a_rotation() -> None:
+    rotation = random_rotation(5, 9)
+    plain = _student_metrics_after(lambda points: points)
+    rotated = _student_metrics_after(lambda points: points @ rotation)
+    for geometry in GEOMETRIES:
+        assert _by_geometry(rotated, geometry) == pytest.approx(_by_geometry(plain, geometry), abs=1e-9)
 
 
 def test_evaluate_embeddings_skips_inapplicable_class_metrics_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -351,7 +433,8 @@ def test_evaluate_embeddings_skips_inapplicable_class_metrics_with_a_warning(cap
     one_class, all_distinct = np.zeros(60), np.arange(30)  # no probe to fit, nothing to retrieve
     with caplog.at_level("WARNING", logger="hf_pcoh.evaluation"):
         metrics = evaluate_embeddings(student_train, student_test, one_class, all_distinct)
-    assert set(metrics) == {"knn_accuracy@1", "knn_accuracy@10"}
+    assert set(metrics) == {"knn_accuracy@1", "knn_accuracy@10", "knn_accuracy@1/cosine", "knn_accuracy@10/cosine",
+                            "knn_accuracy@1/euclidean", "knn_accuracy@10/euclidean"}
     assert "linear probe skipped" in caplog.text and "retrieval metrics skipped" in caplog.text
 
 
@@ -359,10 +442,11 @@ def test_evaluate_embeddings_of_the_teacher_against_itself_agrees_perfectly() ->
     _, _, train_labels, test_labels, teacher_train, teacher_test = _split_with_classes()
     metrics = EmbeddingEvaluation(ks=(1, 5), num_triples=20_000).evaluate(
         teacher_train, teacher_test, train_labels, test_labels, teacher_train, teacher_test)
-    assert metrics["teacher_neighbour_recall@5"] == 1.0
-    assert metrics["dissimilarity_spearman"] == pytest.approx(1.0)
-    assert metrics["perception_coherence"] == 1.0
-    assert metrics["knn_accuracy@5"] > 0.6  # separated classes: far above chance (1/3)
+    for suffix in ("", "/cosine", "/euclidean"):
+        assert metrics[f"teacher_neighbour_recall@5{suffix}"] == 1.0
+        assert metrics[f"dissimilarity_spearman{suffix}"] == pytest.approx(1.0)
+        assert metrics[f"perception_coherence{suffix}"] == 1.0
+        assert metrics[f"knn_accuracy@5{suffix}"] > 0.6  # separated classes: far above chance (1/3)
 
 
 def test_format_comparison_table_is_markdown_with_the_union_of_metrics() -> None:
@@ -413,6 +497,9 @@ def test_format_comparison_table_is_markdown_with_the_union_of_metrics() -> None
         (lambda: evaluate_embeddings(KNN_TRAIN, KNN_TEST, teacher_test=KNN_TEST[:3]),
          "teacher_test has 3 rows but student_test has 4"),
         (lambda: metric_path("perception_coherense"), "unknown metric 'perception_coherense'. Did you mean 'perception_coherence'?"),
+        (lambda: evaluate_embeddings(KNN_TRAIN, KNN_TEST, geometries=("cosine", "manhattan")),
+         "geometries=('cosine', 'manhattan') holds 'manhattan'; each must be one of ('cosine', 'euclidean')"),
+        (lambda: EmbeddingEvaluation(geometries=()), "geometries is empty; give at least one of ('cosine', 'euclidean')"),
     ],
 )
 def test_bad_inputs_fail_naming_the_argument_and_what_works(call, message: str) -> None:

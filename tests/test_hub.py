@@ -25,10 +25,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertTokenizer, ViTConfig, ViTImageProcessor, ViTModel
 
-from hf_pcoh import hub
+from hf_pcoh import citations, hub
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.features import FeatureExtractor
-from hf_pcoh.losses import PerceptionCoherenceLoss, ProjectedMSELoss
+from hf_pcoh.losses import LOSSES, PerceptionCoherenceLoss, ProjectedMSELoss
 
 REPO_ID = "me/tiny-student"
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -197,6 +197,76 @@ def test_card_carries_teacher_recipe_results_plots_usage_and_citations(run_dir: 
     assert yaml_recipe(text)["loss_kwargs"] == {"perception_coherence": {"temperature": 0.1}}
 
 
+def bibtex_entries(text: str) -> list[str]:
+    """The top-level ``@type{key, ...}`` entries of ``text``, each with its braces balanced; fails on stray text."""
+    entries, depth, start = [], 0, None
+    for index, character in enumerate(text):
+        if depth == 0 and start is None:
+            if character == "@":
+                start = index
+            else:
+                assert character.isspace(), f"text outside an entry at {index}: {text[index:index + 40]!r}"
+        elif character == "{":
+            depth += 1
+        elif character == "}":
+            depth -= 1
+            assert depth >= 0, f"unbalanced braces in {text[start:index + 1]!r}"
+            if depth == 0:
+                entries.append(text[start:index + 1])
+                start = None
+    assert depth == 0 and start is None, f"an entry is not closed: {text[start:]!r}"
+    return entries
+
+
+def citation_constants() -> dict[str, str]:
+    return {name: value for name, value in vars(citations).items()
+            if name.isupper() and isinstance(value, str) and value.lstrip().startswith("@")}
+
+
+def test_every_citation_is_one_bibtex_entry_with_a_unique_key() -> None:
+    constants = citation_constants()
+    assert {"PERCEPTION_COHERENCE", "COSPRESS", "PROCRUSTES_GRAM", "CKA", "FITNETS", "RKD", "HINTON_KD",
+            "KNOWLEDGE_QUALITY", "SENTENCE_TRANSFORMERS_DISTILLATION", "KNN_ACCURACY", "LINEAR_PROBE", "RETRIEVAL",
+            "NEIGHBOUR_RECALL", "RSA", "HF_PCOH"} <= set(constants)
+    keys = {}
+    for name, entry in constants.items():
+        (parsed,) = bibtex_entries(entry)
+        match = re.fullmatch(r"@(article|inproceedings|software)\{([A-Za-z0-9_]+),\n(.*)\}", parsed, flags=re.S)
+        assert match, f"{name} is not an @type{{key, fields}} entry"
+        fields = dict(re.findall(r"^\s*(\w+)\s*=\s*\{(.*)\},?$", match.group(3), flags=re.M))
+        assert {"title", "year"} <= set(fields) and ("author" in fields or name == "HF_PCOH"), (name, fields)
+        assert match.group(2) not in keys, f"{name} and {keys.get(match.group(2))} share the key {match.group(2)}"
+        keys[match.group(2)] = name
+        assert citations.citation_key(entry) == match.group(2)
+    # the perception-coherence paper, as published (TMLR 2026; arXiv 2505.06595)
+    assert "Nguyen, Hai-Vy and Gamboa, Fabrice and Zhang, Sixin and Chhaibi, Reda and Gratton, Serge and " \
+           "Giaccone, Thierry" in citations.PERCEPTION_COHERENCE
+
+
+def test_losses_and_metrics_cite_from_the_one_module() -> None:
+    known = set(citation_constants().values())
+    for name, loss_class in LOSSES.items():
+        assert not loss_class.citation or loss_class.citation in known, f"{name} has its own copy of a citation"
+    assert citations.metric_citation("knn_accuracy@10") == citations.KNN_ACCURACY
+    assert citations.metric_citation("map_at_r") == citations.metric_citation("recall_at_10") == citations.RETRIEVAL
+    assert citations.metric_citation("perception_coherence") == citations.PERCEPTION_COHERENCE
+    assert citations.metric_citation("embeddings_per_second") is None
+
+
+def test_card_of_a_perception_coherence_run_cites_the_paper_once(run_dir: Path) -> None:
+    """The loss and the metric both cite perception coherence: the card lists the paper once, as published."""
+    bibtex = code_block(str(hub.build_model_card(run_dir, repo_id=REPO_ID)), "bibtex")
+    entries = bibtex_entries(bibtex)
+    keys = [citations.citation_key(entry) for entry in entries]
+    assert len(keys) == len(set(keys))
+    assert bibtex.count("2505.06595") == 1 and bibtex.count("Gamboa") == 1
+    assert citations.PERCEPTION_COHERENCE in entries
+    for metric_paper in (citations.KNN_ACCURACY, citations.LINEAR_PROBE, citations.RETRIEVAL,
+                         citations.NEIGHBOUR_RECALL, citations.RSA):
+        assert metric_paper in entries
+    assert entries[-1] == citations.HF_PCOH
+
+
 def yaml_recipe(text: str) -> dict[str, Any]:
     import yaml
 
@@ -323,6 +393,31 @@ def test_publish_uploads_exactly_the_student_files_in_one_commit(run_dir: Path) 
     assert sent == RUN_FILES == set(plan.files)
     assert plan.uploaded and plan.commit_url == f"https://huggingface.co/{REPO_ID}/commit/abc"
     assert "perception_coherence" in (run_dir / "README.md").read_text()
+
+
+def test_symbolic_links_in_the_student_folder_are_not_uploaded(run_dir: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    outside = tmp_path / "outside"
+    (outside / "plots").mkdir(parents=True)
+    (outside / "secret_weights.safetensors").write_bytes(b"not the student's")
+    Image.new("RGB", (4, 4)).save(outside / "plots" / "linked.png")
+    (run_dir / "extra.safetensors").symlink_to(outside / "secret_weights.safetensors")
+    (run_dir / "linked_plots").symlink_to(outside / "plots", target_is_directory=True)
+    (run_dir / "dangling.json").symlink_to(tmp_path / "nowhere.json")
+    links = {"extra.safetensors", "linked_plots", "dangling.json"}
+    with caplog.at_level("WARNING", logger="hf_pcoh.hub"):
+        assert set(hub.files_to_upload(run_dir)) == RUN_FILES
+    assert "symbolic link" in caplog.text and all(link in caplog.text for link in links)
+    api = FakeHfApi()
+    plan = hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=api)
+    assert set(plan.files) == RUN_FILES and links <= set(plan.skipped)
+    assert "linked.png" not in plan.card
+    # what upload_folder itself would send (it follows links to files): the links are ignored
+    upload = api.calls[1][1]
+    on_disk = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file())
+    assert "extra.safetensors" in on_disk
+    sent = set(filter_repo_objects(on_disk, ignore_patterns=[*upload["ignore_patterns"], *DEFAULT_IGNORE_PATTERNS]))
+    assert sent == RUN_FILES
 
 
 def test_dry_run_lists_the_files_and_card_and_sends_nothing(run_dir: Path, no_token: None,

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_pcoh import layer_selection
-from hf_pcoh.layer_selection import (
+from hf_pcoh.layers import (
     KnowledgeQuality,
     format_quality_table,
     knowledge_quality,
@@ -21,6 +20,7 @@ from hf_pcoh.layer_selection import (
     plot_qualities,
     select_layers,
 )
+from hf_pcoh.layers import quality
 
 
 def clusters(num_classes: int, per_class: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +94,8 @@ def test_matches_the_reference_formulas_computed_directly_and_does_not_depend_on
         features, labels = low_rank_classes(num_classes=3, per_class=40, dim=24)
     expected = brute_force_quality(features, labels, num_train=50_000)
     default = knowledge_quality(features, labels, num_train_samples=50_000)
-    monkeypatch.setattr(layer_selection, "_BLOCK_ELEMENTS", 7 * 120)  # 7-column blocks
-    monkeypatch.setattr(layer_selection, "_GRAM_ROW_CHUNK", 13)
+    monkeypatch.setattr(quality, "_BLOCK_ELEMENTS", 7 * 120)  # 7-column blocks
+    monkeypatch.setattr(quality, "_GRAM_ROW_CHUNK", 13)
     chunked = knowledge_quality(features, labels, num_train_samples=50_000)
     for result in (default, chunked):
         for field, value in expected.items():
@@ -185,7 +185,7 @@ def test_layer_qualities_measures_every_layer_on_the_same_samples():
 
 def test_stratified_sample_takes_the_same_count_from_each_class_or_all_of_a_small_one():
     class_of = torch.cat([torch.zeros(1000, dtype=torch.long), torch.ones(20, dtype=torch.long), torch.full((300,), 2)])
-    rows, counts = layer_selection._stratified_sample(class_of, 3, 50, torch.Generator().manual_seed(0))
+    rows, counts = quality._stratified_sample(class_of, 3, 50, torch.Generator().manual_seed(0))
     assert counts == [50, 20, 50]
     assert class_of[rows].tolist() == [0] * 50 + [1] * 20 + [2] * 50
     assert len(set(rows.tolist())) == 120

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
+from hf_pcoh.config import DistillationConfig
 from hf_pcoh.losses import (
     LOSSES,
     CKALoss,
@@ -21,7 +22,10 @@ from hf_pcoh.losses import (
     ProjectedMSELoss,
     RKDDistanceLoss,
     build_loss,
+    check_loss_options,
+    describe_loss_options,
 )
+from hf_pcoh.losses.base import check_option_names_and_types, loss_option_parameters
 from hf_pcoh.losses.cospress import similarity_kl
 
 ALL_NAMES = {
@@ -63,6 +67,104 @@ def test_unknown_loss_name_fails_listing_the_known_ones() -> None:
 def test_bad_options_name_the_option_and_the_value(name: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_loss(name, student_dim=4, teacher_dim=4, **options)
+
+
+# ---- options: checked from the constructor's signature, when the config is built ------------------------
+@pytest.fixture
+def no_model_may_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Option errors must come before any model exists: building one fails the test."""
+    import transformers
+
+    def refuse(*args, **kwargs) -> None:
+        raise AssertionError("a model was built before the loss options were checked")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "__init__", refuse)
+
+
+def distillation_config(tmp_path, **fields) -> DistillationConfig:
+    return DistillationConfig(
+        output_dir=str(tmp_path), report_to="none", teacher_config={"model_type": "bert", "hidden_size": 32},
+        student_config={"num_hidden_layers": 1}, **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"loss_kwargs": {"perception_coherence": {"temprature": 0.05}}},
+         r"^loss_kwargs\['perception_coherence'\]: unknown perception_coherence option 'temprature'. Did you mean "
+         r"'temperature'\? Known: dissimilarity, hard_teacher_ranks, implementation, locality, num_references, "
+         r"reference_chunk_size, scale, teacher_dissimilarity, temperature.$"),
+        ({"loss_kwargs": {"perception_coherence": {"num_references": 16.5}}},
+         r"^loss_kwargs\['perception_coherence'\]: option num_references=16.5 has type float, but perception_coherence "
+         r"expects int \| None \(default None\)$"),
+        ({"loss_kwargs": {"perception_coherence": {"temperature": "0.1"}}},
+         r"option temperature='0.1' has type str, but perception_coherence expects float \(default 0.1\)"),
+        ({"loss_kwargs": {"perception_coherence": {"hard_teacher_ranks": 1}}},
+         r"option hard_teacher_ranks=1 has type int, but perception_coherence expects bool \(default False\)"),
+        ({"loss_kwargs": {"perception_coherence": {"scale": 2}}},
+         r"option scale=2 has type int, but perception_coherence expects 'std' \| 'median' \| 'none' \(default 'std'\)"),
+        ({"loss_kwargs": {"perception_coherence": {"scale": "mad"}}},
+         r"^loss_kwargs\['perception_coherence'\]: scale='mad' must be one of 'std', 'median', 'none'$"),
+        ({"losses": ["cospress"], "loss_kwargs": {"cospress": {"temperatures": 0.05}}},
+         r"option temperatures=0.05 has type float, but cospress expects list of float"),
+        ({"loss_kwargs": {"perception_coherence": {"temperature": 0}}},
+         r"^loss_kwargs\['perception_coherence'\]: temperature=0 must be > 0 \(try 0.1\)$"),
+        ({"loss_kwargs": {"perception_coherence": {"dissimilarity": "manhattan"}}},
+         r"loss_kwargs\['perception_coherence'\]: unknown dissimilarity 'manhattan'"),
+        ({"loss_kwargs": {"cka": {"max_tokens": 64}}},
+         r"^loss_kwargs has options for 'cka', which this run does not use \(losses=\['perception_coherence'\]\): "
+         r"add 'cka' to --losses or remove its options$"),
+        ({"loss_kwargs": {"procrustez": {}}}, r"loss_kwargs: unknown loss 'procrustez'. Did you mean 'procrustes'"),
+        ({"loss_kwargs": {"perception_coherence": 0.05}},
+         r"^loss_kwargs\['perception_coherence'\]: the options of loss 'perception_coherence' must be a mapping of "
+         r"option names to values, e.g. "
+         r"\{'perception_coherence': \{'temperature': ...\}\}, got 0.05$"),
+    ],
+    ids=["unknown option", "float for int", "string for float", "int for bool", "int for a Literal of str", "value outside a Literal",
+         "number for a list", "bad value", "unknown dissimilarity", "options for an unused loss", "unknown loss",
+         "options not a mapping"],
+)
+def test_bad_loss_options_fail_when_the_config_is_built(fields: dict, message: str, tmp_path, no_model_may_be_built) -> None:
+    with pytest.raises(ValueError, match=message):
+        distillation_config(tmp_path, **fields)
+
+
+def test_good_loss_options_pass_and_json_from_the_command_line_is_parsed(tmp_path, no_model_may_be_built) -> None:
+    config = distillation_config(
+        tmp_path, losses=["perception_coherence", "cospress"],
+        loss_kwargs='{"perception_coherence": {"temperature": 0.05, "locality": 0.1, "num_references": 16}, '
+                    '"cospress": {"temperatures": [0.02, 0.04], "lambda_local": 0}}',
+    )
+    assert config.loss_options("perception_coherence") == {"temperature": 0.05, "locality": 0.1, "num_references": 16}
+    assert config.loss_options("cospress") == {"temperatures": [0.02, 0.04], "lambda_local": 0}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_NAMES))
+def test_every_option_default_fits_its_type_hint_and_is_listed_in_the_help(name: str) -> None:
+    parameters = loss_option_parameters(LOSSES[name])
+    assert parameters, name
+    defaults = {option: parameter.default for option, parameter in parameters.items()}
+    assert check_option_names_and_types(name, defaults) == defaults
+    help_text = DistillationConfig.__dataclass_fields__["loss_kwargs"].metadata["help"]
+    described = describe_loss_options(name)
+    assert f"{name}: {described}" in help_text
+    for option, default in defaults.items():
+        assert f"{option} (" in described and f"default {default!r})" in described
+
+
+def test_checking_options_builds_nothing_and_draws_no_random_numbers() -> None:
+    state = torch.random.get_rng_state()
+    assert check_loss_options("cospress", {"lambda_token": 0.5}) == {"lambda_token": 0.5}
+    assert check_loss_options("projected_mse", {"projector": "linear"}) == {"projector": "linear"}
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_build_loss_checks_option_names_and_types_too() -> None:
+    with pytest.raises(ValueError, match=r"unknown rkd_distance option 'delt'. Did you mean 'delta'\? Known: delta."):
+        build_loss("rkd_distance", 4, 4, delt=2.0)
+    with pytest.raises(ValueError, match=r"option max_tokens=True has type bool, but gram expects int \(default 4096\)"):
+        build_loss("gram", 4, 4, max_tokens=True)
 
 
 # ---- zero at agreement ---------------------------------------------------------------------------
@@ -232,6 +334,27 @@ def test_cospress_map_losses_train_h_only_and_feature_losses_train_the_student_o
     features_only = CosPressLoss(6, 10, lambda_local=0.0, lambda_global=0.0)
     features_only(student, teacher).backward()
     assert student.grad.abs().sum() > 0 and features_only.compression[1].weight.grad is None
+
+
+def test_cospress_reports_each_term_and_the_total_is_their_weighted_sum() -> None:
+    student, teacher = torch.randn(4, 5, 6), torch.randn(4, 5, 10)
+    mask = torch.ones(4, 5)
+    mask[2, 3:] = 0
+    loss = CosPressLoss(6, 10, lambda_local=0.5, lambda_global=2.0, lambda_feature=1.5, lambda_token=0.25)
+    total = loss(student, teacher, mask=mask)
+    assert set(loss.parts) == {"global_map", "token", "local_map", "feature"}
+    weights = {"global_map": 2.0, "token": 0.25, "local_map": 0.5, "feature": 1.5}
+    expected = sum(weights[part] * value for part, value in loss.parts.items())
+    torch.testing.assert_close(total.detach(), expected, rtol=1e-6, atol=1e-7)
+    assert all(not value.requires_grad and value.dim() == 0 for value in loss.parts.values())
+    loss(student[:, 0], teacher[:, 0])  # pooled: no token-level terms
+    assert set(loss.parts) == {"global_map", "token"}
+    CosPressLoss(6, 10, lambda_token=0.0)(student[:, 0], teacher[:, 0])
+    single_term = CosPressLoss(6, 10, lambda_token=0.0)
+    single_term(student[:, 0], teacher[:, 0])
+    assert set(single_term.parts) == {"global_map"}
+    assert ProjectedMSELoss(6, 6)(student[..., :6], student[..., :6]).item() == 0.0
+    assert ProjectedMSELoss(6, 6).parts == {}  # single-term losses report no parts
 
 
 def test_cospress_rejects_token_maps_of_different_lengths() -> None:

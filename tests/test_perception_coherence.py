@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from hf_pcoh.losses import PerceptionCoherenceLoss, build_loss
 from hf_pcoh.losses import perception_coherence as pc
+from hf_pcoh.losses import soft_rank
 
 
 def random_rows(num_references: int, batch_size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,10 +33,10 @@ def loss_and_grad(loss: PerceptionCoherenceLoss, student: torch.Tensor, teacher:
 @pytest.mark.parametrize("num_references", [9, 4])
 def test_soft_ranks_gradcheck_float64(num_references: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # A tiny block budget forces the backward to split references *and* rows into blocks.
-    monkeypatch.setattr(pc, "BLOCK_ELEMENTS", 20)
+    monkeypatch.setattr(soft_rank, "BLOCK_ELEMENTS", 20)
     rows, index = random_rows(num_references, 9)
     rows.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: pc.soft_ranks_chunked(x, index, 0.2, 2), (rows,))
+    assert torch.autograd.gradcheck(lambda x: soft_rank.soft_ranks_chunked(x, index, 0.2, 2), (rows,))
 
 
 @pytest.mark.parametrize("batch_size", [3, 4, 5, 10, 33])
@@ -45,19 +46,19 @@ def test_folded_ranks_and_gradients_equal_the_direct_formula(
 ) -> None:
     """Odd and even B (the o = B/2 pairs), all or sampled references, one block or many."""
     if block_elements is not None:
-        monkeypatch.setattr(pc, "BLOCK_ELEMENTS", block_elements)
+        monkeypatch.setattr(soft_rank, "BLOCK_ELEMENTS", block_elements)
     for num_references in sorted({batch_size, max(1, batch_size // 2)}):
         rows, index = random_rows(num_references, batch_size)
         rows = (rows * 8).requires_grad_(True)  # some comparisons beyond the saturation (30) at tau = 0.2
         weights = torch.randn(num_references, batch_size, dtype=rows.dtype)
-        chunked = pc.soft_ranks_chunked(rows, index, 0.2)
+        chunked = soft_rank.soft_ranks_chunked(rows, index, 0.2)
         (chunked_grad,) = torch.autograd.grad((chunked * weights).sum(), rows)
-        direct = pc.soft_ranks_reference(rows, index, 0.2)
+        direct = soft_rank.soft_ranks_reference(rows, index, 0.2)
         (direct_grad,) = torch.autograd.grad((direct * weights).sum(), rows)
         torch.testing.assert_close(chunked, direct, rtol=0, atol=1e-12)
         torch.testing.assert_close(chunked_grad, direct_grad, rtol=0, atol=1e-11)
         hard_rows = torch.randint(0, 4, (num_references, batch_size), dtype=rows.dtype)  # many ties
-        torch.testing.assert_close(pc.hard_ranks_chunked(hard_rows, index), pc.hard_ranks(hard_rows, index), rtol=0, atol=1e-15)
+        torch.testing.assert_close(soft_rank.hard_ranks_chunked(hard_rows, index), soft_rank.hard_ranks(hard_rows, index), rtol=0, atol=1e-15)
 
 
 def test_loss_gradcheck_through_features_and_scaling() -> None:
@@ -76,6 +77,8 @@ def test_loss_gradcheck_through_features_and_scaling() -> None:
         {"dissimilarity": "squared_euclidean", "scale": "median", "temperature": 0.03},
         {"hard_teacher_ranks": True, "num_references": 20},
         {"teacher_dissimilarity": "cosine", "scale": "none", "reference_chunk_size": 7},
+        {"locality": 0.1, "num_references": 20},
+        {"locality": 0.3, "hard_teacher_ranks": True, "reference_chunk_size": 5},
     ],
 )
 def test_chunked_equals_reference(options: dict) -> None:
@@ -126,7 +129,7 @@ def test_single_block_of_sigmoids_is_reused_in_backward_only_when_it_fits_the_bu
 
     def ranks_and_grad() -> tuple[torch.Tensor | None, torch.Tensor]:
         leaf = rows.clone().requires_grad_(True)
-        ranks = pc.soft_ranks_chunked(leaf, index, 0.3)
+        ranks = soft_rank.soft_ranks_chunked(leaf, index, 0.3)
         kept = ranks.grad_fn.kept_block
         kept_shape = None if kept is None else tuple(kept.shape)
         (ranks * torch.linspace(-1, 1, 16, dtype=rows.dtype)).sum().backward()
@@ -134,7 +137,7 @@ def test_single_block_of_sigmoids_is_reused_in_backward_only_when_it_fits_the_bu
 
     kept_shape, kept_grad = ranks_and_grad()
     assert kept_shape == (16, 8, 8 + 16)  # offsets 1..8, each row padded by 8
-    monkeypatch.setattr(pc, "BLOCK_ELEMENTS", 3 * 8 * 24)  # several blocks: nothing kept
+    monkeypatch.setattr(soft_rank, "BLOCK_ELEMENTS", 3 * 8 * 24)  # several blocks: nothing kept
     recomputed_shape, recomputed_grad = ranks_and_grad()
     assert recomputed_shape is None
     torch.testing.assert_close(kept_grad, recomputed_grad, rtol=1e-12, atol=1e-14)
@@ -171,9 +174,9 @@ def test_zero_when_student_equals_teacher_and_invariant_to_rigid_motions_and_sca
 
 def test_soft_ranks_tend_to_hard_ranks_as_temperature_vanishes() -> None:
     rows, index = random_rows(10, 30)
-    hard = pc.hard_ranks(rows, index)
-    torch.testing.assert_close(pc.hard_ranks_chunked(rows, index, 3), hard)
-    errors = [(pc.soft_ranks_chunked(rows, index, tau) - hard).abs().max().item() for tau in (1e-1, 1e-2, 1e-6)]
+    hard = soft_rank.hard_ranks(rows, index)
+    torch.testing.assert_close(soft_rank.hard_ranks_chunked(rows, index, 3), hard)
+    errors = [(soft_rank.soft_ranks_chunked(rows, index, tau) - hard).abs().max().item() for tau in (1e-1, 1e-2, 1e-6)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-9
 
 
@@ -244,3 +247,147 @@ def test_finite_value_and_gradient_on_degenerate_batches(batch: tuple[torch.Tens
     value.backward()
     assert math.isfinite(value.item()) and 0.0 <= value.item() <= 1.0
     assert torch.isfinite(student.grad).all()
+
+
+# ---- local perception coherence (locality) -------------------------------------------------------------
+def written_out_soft_ranks(dissimilarities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``R_i(j) = 1/(B-2) sum_{k != i, j} sigmoid((d_ij - d_ik) / tau)`` for every reference: ``[B, B]``."""
+    size = dissimilarities.shape[0]
+    eye = torch.eye(size, dtype=torch.bool)
+    valid = ~eye[:, :, None] & ~eye[:, None, :] & ~eye[None, :, :]  # j != i, k != i, k != j
+    comparisons = (dissimilarities[:, :, None] - dissimilarities[:, None, :]) / temperature  # [i, j, k]
+    return (torch.sigmoid(comparisons) * valid).sum(dim=2) / (size - 2)
+
+
+def written_out_local_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, locality: float, references: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``sum_i sum_{j != i} w_ij (R^S_i(j) - R^T_i(j))^2 / sum w``, ``w_ij = exp(-R^T_i(j) / locality)``,
+    euclidean distances divided by the std of their off-diagonal entries, as plainly as it can be written."""
+    def scaled(features: torch.Tensor) -> torch.Tensor:
+        distances = torch.cdist(features, features)
+        return distances / distances[~torch.eye(len(features), dtype=torch.bool)].std()
+
+    student_ranks = written_out_soft_ranks(scaled(student), temperature)
+    teacher_ranks = written_out_soft_ranks(scaled(teacher), temperature).detach()
+    weights = torch.exp(-teacher_ranks / locality) * (1.0 - torch.eye(len(student), dtype=student.dtype))
+    if references is not None:
+        student_ranks, teacher_ranks, weights = student_ranks[references], teacher_ranks[references], weights[references]
+    return (weights * (student_ranks - teacher_ranks).pow(2)).sum() / weights.sum()
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "reference"])
+def test_locality_none_is_the_uniform_loss_bit_for_bit(implementation: str) -> None:
+    student, teacher = torch.randn(33, 5), torch.randn(33, 7)
+    uniform = loss_and_grad(PerceptionCoherenceLoss(5, 7, implementation=implementation), student, teacher)
+    explicit_none = loss_and_grad(PerceptionCoherenceLoss(5, 7, implementation=implementation, locality=None), student, teacher)
+    assert torch.equal(uniform[0], explicit_none[0]) and torch.equal(uniform[1], explicit_none[1])
+    # ... and that is today's formula: the unweighted mean of rank_disagreement over the direct ranks.
+    loss = PerceptionCoherenceLoss(5, 7, implementation="reference")
+    index = torch.arange(33)
+    student_ranks = pc.soft_ranks_reference(loss.scaled_dissimilarities(student, loss.dissimilarity), index, 0.1)
+    teacher_ranks = pc.soft_ranks_reference(loss.scaled_dissimilarities(teacher, loss.teacher_dissimilarity), index, 0.1)
+    today = pc.rank_disagreement(student_ranks, teacher_ranks, index)
+    torch.testing.assert_close(uniform[0], today, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "reference"])
+def test_a_very_large_locality_gives_the_uniform_loss(implementation: str) -> None:
+    student, teacher = torch.randn(40, 6), torch.randn(40, 9)
+    uniform = loss_and_grad(PerceptionCoherenceLoss(6, 9, implementation=implementation), student, teacher)
+    wide = loss_and_grad(PerceptionCoherenceLoss(6, 9, implementation=implementation, locality=1e6), student, teacher)
+    torch.testing.assert_close(wide[0], uniform[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(wide[1], uniform[1], rtol=1e-5, atol=1e-5 * uniform[1].abs().max().item())
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "reference"])
+def test_local_loss_value_and_gradient_equal_the_written_out_formula(
+    implementation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float64, B = 7: value, autograd of the written-out formula, and gradcheck; several blocks when chunked."""
+    monkeypatch.setattr(soft_rank, "BLOCK_ELEMENTS", 30)
+    student = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(7, 5, dtype=torch.float64)
+    loss = PerceptionCoherenceLoss(3, 5, temperature=0.5, locality=0.2, implementation=implementation, reference_chunk_size=2)
+    value = loss(student, teacher)
+    expected = written_out_local_loss(student, teacher, 0.5, 0.2)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-14)
+    (grad,) = torch.autograd.grad(value, student)
+    (expected_grad,) = torch.autograd.grad(expected, student)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: loss(x, teacher), (student,))
+
+
+def test_weighted_rank_disagreement_kernel_gradcheck_with_sampled_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(soft_rank, "BLOCK_ELEMENTS", 20)
+    rows, index = random_rows(4, 9)
+    rows.requires_grad_(True)
+    teacher_rows = torch.rand(4, 9, dtype=torch.float64).scatter(1, index[:, None], 0.0)
+    teacher_ranks = soft_rank.soft_ranks_reference(teacher_rows, index, 0.3)
+    weights = soft_rank.locality_weights(teacher_ranks, index, 0.15)
+    assert (weights.gather(1, index[:, None]) == 0).all() and (weights <= 1).all()
+
+    def chunked(x: torch.Tensor) -> torch.Tensor:
+        return soft_rank.SoftRankDisagreement.apply(x, teacher_ranks, index, 0.3, 2, weights)
+
+    def direct(x: torch.Tensor) -> torch.Tensor:
+        return soft_rank.rank_disagreement(soft_rank.soft_ranks_reference(x, index, 0.3), teacher_ranks, index, weights)
+
+    torch.testing.assert_close(chunked(rows), direct(rows), rtol=1e-12, atol=1e-14)
+    (chunked_grad,) = torch.autograd.grad(chunked(rows), rows)
+    (direct_grad,) = torch.autograd.grad(direct(rows), rows)
+    torch.testing.assert_close(chunked_grad, direct_grad, rtol=1e-10, atol=1e-13)
+    assert torch.autograd.gradcheck(chunked, (rows,))
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "reference"])
+def test_local_loss_with_sampled_references_equals_the_written_out_formula_over_them(implementation: str) -> None:
+    student, teacher = torch.randn(30, 4, dtype=torch.float64), torch.randn(30, 6, dtype=torch.float64)
+    loss = PerceptionCoherenceLoss(4, 6, temperature=0.2, locality=0.1, num_references=11, implementation=implementation)
+    torch.manual_seed(5)
+    value = loss(student, teacher)
+    torch.manual_seed(5)
+    references = torch.randperm(30)[:11]  # the loss's own draw
+    expected = written_out_local_loss(student, teacher, 0.2, 0.1, references)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "reference"])
+@pytest.mark.parametrize("hard_teacher_ranks", [False, True])
+def test_local_loss_is_zero_when_student_equals_teacher(implementation: str, hard_teacher_ranks: bool) -> None:
+    features = torch.randn(25, 6, dtype=torch.float64)
+    loss = PerceptionCoherenceLoss(
+        6, 6, locality=0.05, implementation=implementation, hard_teacher_ranks=hard_teacher_ranks, temperature=1e-6
+    )
+    assert loss(features, features).item() == pytest.approx(0.0, abs=1e-12)
+    soft = PerceptionCoherenceLoss(6, 6, locality=0.05, implementation=implementation)
+    assert soft(features, features).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_small_locality_makes_near_neighbour_mistakes_cost_more_than_far_ones() -> None:
+    """Swapping the student's ranks of the teacher's two nearest neighbours costs more than swapping its two
+    farthest ones; with uniform weights (locality=None) the two mistakes cost the same."""
+    batch_size = 12
+    index = torch.arange(batch_size)
+    order = torch.arange(batch_size - 1, dtype=torch.float64) / (batch_size - 2)  # ranks 0 .. 1 of the others
+    teacher_ranks = torch.zeros(batch_size, batch_size, dtype=torch.float64)
+    for i in range(batch_size):
+        others = [j for j in range(batch_size) if j != i]
+        teacher_ranks[i, others] = order
+    near_swapped, far_swapped = teacher_ranks.clone(), teacher_ranks.clone()
+    near_swapped[0, [1, 2]] = teacher_ranks[0, [2, 1]]
+    far_swapped[0, [-2, -1]] = teacher_ranks[0, [-1, -2]]
+    weights = soft_rank.locality_weights(teacher_ranks, index, 0.1)
+    near = soft_rank.rank_disagreement(near_swapped, teacher_ranks, index, weights).item()
+    far = soft_rank.rank_disagreement(far_swapped, teacher_ranks, index, weights).item()
+    assert near > 100 * far
+    uniform_near = soft_rank.rank_disagreement(near_swapped, teacher_ranks, index).item()
+    uniform_far = soft_rank.rank_disagreement(far_swapped, teacher_ranks, index).item()
+    assert uniform_near == pytest.approx(uniform_far, rel=1e-12)
+
+
+def test_locality_must_be_positive_or_none() -> None:
+    with pytest.raises(ValueError, match=r"locality=0 must be > 0 .* or None \(uniform weights\)"):
+        PerceptionCoherenceLoss(4, 4, locality=0)
+    with pytest.raises(ValueError, match=r"option locality='near' has type str, but perception_coherence expects float \| None"):
+        build_loss("perception_coherence", 4, 4, locality="near")

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 from transformers import AutoModel, AutoTokenizer
 
-from hf_pcoh.embedding import embed
+from hf_pcoh.evaluation import embed
 from hf_pcoh.features import FeatureExtractor
 
 from tiny_models import MINILM, TINY_BERT

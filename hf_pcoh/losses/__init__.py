@@ -1,6 +1,15 @@
 """Feature-distillation losses, one family per module, all reachable by name through ``LOSSES``."""
 
-from .base import LOSSES, DistillationLoss, build_loss, get_loss_class, register_loss
+from .base import (
+    LOSSES,
+    DistillationLoss,
+    build_loss,
+    check_loss_options,
+    describe_loss_options,
+    get_loss_class,
+    loss_options_help,
+    register_loss,
+)
 from .cka import CKALoss
 from .cospress import CosPressLoss
 from .dissimilarity import DISSIMILARITIES, Cosine, Dissimilarity, Euclidean, SquaredEuclidean, get_dissimilarity
@@ -27,7 +36,10 @@ __all__ = [
     "RKDDistanceLoss",
     "SquaredEuclidean",
     "build_loss",
+    "check_loss_options",
+    "describe_loss_options",
     "get_dissimilarity",
     "get_loss_class",
+    "loss_options_help",
     "register_loss",
 ]

@@ -12,6 +12,11 @@ Calling it as ``loss(student, teacher, mask=None, labels=None)`` returns a scala
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
+import numbers
+import types
+import typing
 from typing import Any, ClassVar
 
 import torch
@@ -41,12 +46,156 @@ def get_loss_class(name: str) -> type["DistillationLoss"]:
 
 
 def build_loss(name: str, student_dim: int, teacher_dim: int, **options: Any) -> "DistillationLoss":
-    """Instantiate the loss ``name`` for the given feature widths, with its options checked by name."""
+    """Instantiate the loss ``name`` for the given feature widths, its options checked by :func:`check_loss_options`."""
     loss_class = get_loss_class(name)
+    check_option_names_and_types(name, options)
     try:
         return loss_class(student_dim=student_dim, teacher_dim=teacher_dim, **options)
     except TypeError as error:
         raise ValueError(f"bad options for loss {name!r}: {options} ({error}). {loss_class.__doc__.splitlines()[0]}") from None
+
+
+# ---- a loss's options: its constructor's keyword parameters -------------------------------------------
+# The constructor's signature is the one place a loss declares its options (name, type hint, default):
+# the config checks them before any model loads, and --help lists them, from that signature alone.
+WIDTH_PARAMETERS = ("self", "student_dim", "teacher_dim")
+# The widths a loss is test-built with when its option values are checked before the models (and their
+# real widths) are known: equal, so that no width-dependent check fires (e.g. logit_kd's equal classes).
+PROBE_WIDTH = 8
+
+
+def loss_option_parameters(loss_class: type["DistillationLoss"]) -> dict[str, inspect.Parameter]:
+    """The options of ``loss_class``: its constructor's parameters other than the widths (and ``**kwargs``)."""
+    return {
+        name: parameter
+        for name, parameter in inspect.signature(loss_class.__init__).parameters.items()
+        if name not in WIDTH_PARAMETERS and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    }
+
+
+def loss_option_types(loss_class: type["DistillationLoss"]) -> dict[str, Any]:
+    """The constructor's type hints, resolved (``Any`` for an option without one)."""
+    try:
+        hints = typing.get_type_hints(loss_class.__init__)
+    except Exception:  # a hint that does not resolve (e.g. a name imported only for type checking): unchecked
+        hints = {}
+    return {name: hints.get(name, Any) for name in loss_option_parameters(loss_class)}
+
+
+def describe_type(annotation: Any) -> str:
+    """A type hint as a user reads it: ``float``, ``int | None``, ``'std' | 'median'``, ``list of float``."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return "any value"
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(describe_type(argument) for argument in arguments)
+    if origin is typing.Literal:
+        return " | ".join(repr(argument) for argument in arguments)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return f"list of {describe_type(arguments[0])}" if arguments else "list"
+    if origin in (dict, collections.abc.Mapping):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def matches_type(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` (as parsed from JSON/YAML or given in Python) fits the type hint ``annotation``.
+
+    An int is a float; a bool is neither an int nor a float; a list or tuple is a sequence; a
+    ``Literal`` checks the type of its values only (which value is allowed is the constructor's check,
+    with its own advice). Hints of other forms are not checked (True).
+    """
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if annotation is type(None) or annotation is None:
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(matches_type(value, argument) for argument in arguments)
+    if origin is typing.Literal:
+        return any(type(value) is type(argument) for argument in arguments)
+    if origin in (list, tuple, collections.abc.Sequence):
+        element = arguments[0] if arguments else Any
+        return isinstance(value, (list, tuple)) and all(matches_type(item, element) for item in value)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, collections.abc.Mapping)
+    if annotation is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def check_option_names_and_types(name: str, options: Any) -> dict[str, Any]:
+    """Check ``options`` of loss ``name`` against its constructor's signature; return them as a dict.
+
+    Raises ``ValueError`` for a non-mapping, an unknown option (listing the known ones) or a value whose
+    type does not fit the option's type hint (naming loss, option, value and expected type).
+    """
+    loss_class = get_loss_class(name)
+    if not isinstance(options, collections.abc.Mapping):
+        example = next(iter(loss_option_parameters(loss_class)), "option")
+        raise ValueError(
+            f"the options of loss {name!r} must be a mapping of option names to values, e.g. "
+            f"{{{name!r}: {{{example!r}: ...}}}}, got {options!r}"
+        )
+    parameters = loss_option_parameters(loss_class)
+    open_ended = any(
+        parameter.kind is parameter.VAR_KEYWORD for parameter in inspect.signature(loss_class.__init__).parameters.values()
+    )
+    types_by_option = loss_option_types(loss_class)
+    for option, value in options.items():
+        if option not in parameters:
+            if open_ended:
+                continue
+            raise ValueError(unknown_name_message(f"{name} option", str(option), list(parameters)))
+        expected = types_by_option[option]
+        if not matches_type(value, expected):
+            default = parameters[option].default
+            default_text = "" if default is inspect.Parameter.empty else f" (default {default!r})"
+            raise ValueError(
+                f"option {option}={value!r} has type {type(value).__name__}, but {name} expects "
+                f"{describe_type(expected)}{default_text}"
+            )
+    return dict(options)
+
+
+def check_loss_options(name: str, options: Any) -> dict[str, Any]:
+    """Validate the options of loss ``name`` before any model exists; return them as a dict.
+
+    Names and types are checked against the constructor's signature (:func:`check_option_names_and_types`);
+    the values are then checked by the constructor itself, on a throw-away instance built for equal
+    ``PROBE_WIDTH``-wide features on the meta device (no memory, no draw from the random generator).
+    Every error is a ``ValueError`` that starts with ``loss_kwargs[name]``.
+    """
+    loss_class = get_loss_class(name)
+    try:
+        options = check_option_names_and_types(name, options)
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            loss_class(student_dim=PROBE_WIDTH, teacher_dim=PROBE_WIDTH, **options)
+    except ValueError as error:
+        raise ValueError(f"loss_kwargs[{name!r}]: {error}") from None
+    return options
+
+
+def loss_options_help() -> str:
+    """Every registered loss with its options, for the help text of ``loss_kwargs``."""
+    return "; ".join(f"{name}: {describe_loss_options(name)}" for name in sorted(LOSSES))
+
+
+def describe_loss_options(name: str) -> str:
+    """``option (type, default value)`` for each option of loss ``name``, comma-separated (for ``--help``)."""
+    loss_class = get_loss_class(name)
+    types_by_option = loss_option_types(loss_class)
+    described = []
+    for option, parameter in loss_option_parameters(loss_class).items():
+        default = "required" if parameter.default is inspect.Parameter.empty else f"default {parameter.default!r}"
+        described.append(f"{option} ({describe_type(types_by_option[option])}, {default})")
+    return ", ".join(described) if described else "no options"
 
 
 class DistillationLoss(nn.Module):
@@ -58,6 +207,11 @@ class DistillationLoss(nn.Module):
       * ``batch_level``: True when the loss compares points of the batch with one another
         (it then must see the global batch under data parallelism, and needs ``min_batch_size`` rows);
       * ``accepts_tokens``: True when the loss can take ``[B, T, d]`` token features with a mask.
+
+    Options are the constructor's keyword parameters after the widths, with type hints and defaults:
+    they are checked (:func:`check_loss_options`) and listed in ``--help`` from that signature.
+    A loss made of several terms reports them after each call in ``parts`` (name -> detached,
+    unweighted value; empty for single-term losses), and the trainer logs each one.
     """
 
     name: ClassVar[str] = ""
@@ -70,6 +224,7 @@ class DistillationLoss(nn.Module):
         super().__init__()
         self.student_dim = student_dim
         self.teacher_dim = teacher_dim
+        self.parts: dict[str, torch.Tensor] = {}
 
     def forward(
         self,

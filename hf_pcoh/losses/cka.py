@@ -15,17 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ..citations import CKA as CKA_CITATION
 from .base import register_loss
-from .procrustes import SetGeometryLoss, centre_and_normalise
-
-CKA_CITATION = """@inproceedings{kornblith2019similarity,
-  title     = {Similarity of Neural Network Representations Revisited},
-  author    = {Kornblith, Simon and Norouzi, Mohammad and Lee, Honglak and Hinton, Geoffrey},
-  booktitle = {Proceedings of the 36th International Conference on Machine Learning},
-  pages     = {3519--3529},
-  year      = {2019},
-  note      = {arXiv:1905.00414}
-}"""
+from .set_geometry import SetGeometryLoss, centre_and_normalise
 
 
 def linear_cka(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -35,15 +35,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from ..citations import COSPRESS as COSPRESS_CITATION
 from .base import DistillationLoss, register_loss
-
-COSPRESS_CITATION = """@article{mannix2025cospress,
-  title   = {Preserving Angles Improves Feature Distillation},
-  author  = {Mannix, Evelyn J. and Hodgkinson, Liam and Bondell, Howard},
-  journal = {Transactions on Machine Learning Research},
-  year    = {2025},
-  note    = {arXiv:2411.15239}
-}"""
+from .numerics import divide_by_largest, masked_mean
 
 # The authors' recipe: ten temperatures 0.01, 0.02, ..., 0.10.
 DEFAULT_TEMPERATURES: tuple[float, ...] = tuple(round(0.01 * step, 2) for step in range(1, 11))
@@ -60,18 +54,9 @@ GlobalTokenName = Literal["first", "mean"]
 HUGE_TEACHER_ENTRY = 1.0e4
 
 
-def divide_by_largest(features: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``features`` divided by the (detached) largest ``|entry|`` along ``dim``; all-zero slices stay 0.
-
-    Cosines are invariant to this, value and gradient alike; it keeps norms of huge vectors finite.
-    """
-    largest = features.detach().abs().amax(dim=dim, keepdim=True)
-    return features / torch.where(largest > 0, largest, 1.0)
-
-
 def cosine_matrix(features: torch.Tensor) -> torch.Tensor:
     """``[..., N, d] -> [..., N, N]`` cosine similarities; a zero vector has cosine 0 with everything."""
-    unit = F.normalize(divide_by_largest(features), dim=-1, eps=1e-12)
+    unit = F.normalize(divide_by_largest(features, dim=-1), dim=-1, eps=1e-12)
     return unit @ unit.transpose(-1, -2)
 
 
@@ -231,8 +216,8 @@ def similarity_map_loss(
         taus = taus.view(-1, *([1] * teacher_cosines.dim()))  # [T, 1, ..., 1]
         total = total + similarity_kl(teacher_cosines, compressed_cosines, valid_pairs, taus, form).sum(dim=0)
     per_set = total / len(temperatures)
-    has_pair = valid_pairs.flatten(-2).any(dim=-1).to(per_set.dtype)
-    return (per_set * has_pair).sum() / has_pair.sum().clamp_min(1.0)
+    has_pair = valid_pairs.flatten(-2).any(dim=-1)
+    return masked_mean(per_set, has_pair)
 
 
 @register_loss
@@ -252,6 +237,9 @@ class CosPressLoss(DistillationLoss):
     Options: ``temperatures`` (default 0.01..0.10), ``form`` ``"full"`` (default) or ``"rowwise"``,
     ``feature_metric`` ``"cosine"`` (default) or ``"mse"``, ``global_token`` ``"first"`` or ``"mean"``,
     ``lambda_local``, ``lambda_global``, ``lambda_feature``, ``lambda_token`` (1.0 each).
+
+    After each call, ``parts`` holds the unweighted terms that were computed (detached, for logging):
+    ``global_map`` (``L_global``), ``token`` (``L_token``) and, for tokens, ``local_map``, ``feature``.
 
     Example::
 
@@ -305,7 +293,7 @@ class CosPressLoss(DistillationLoss):
         weight = self.compression[1].weight
         teacher = teacher.detach()
         huge = teacher.abs().amax(dim=-1, keepdim=True) > HUGE_TEACHER_ENTRY
-        teacher = torch.where(huge, divide_by_largest(teacher), teacher)
+        teacher = torch.where(huge, divide_by_largest(teacher, dim=-1), teacher)
         return self.compression(teacher.to(weight.dtype)).float()
 
     def feature_distance(self, student: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -313,11 +301,8 @@ class CosPressLoss(DistillationLoss):
         if weights is not None:
             student, target = student * weights, target * weights
         if self.feature_metric == "mse":
-            squared = (student - target).pow(2)
-            if weights is None:
-                return squared.mean()
-            return squared.sum() / (weights.sum() * student.shape[-1]).clamp_min(1.0)
-        student, target = divide_by_largest(student.flatten(1)), divide_by_largest(target.flatten(1))
+            return masked_mean((student - target).pow(2), weights)
+        student, target = divide_by_largest(student.flatten(1), dim=-1), divide_by_largest(target.flatten(1), dim=-1)
         cosines = F.cosine_similarity(student, target, dim=1, eps=1e-12)
         return (1.0 - cosines).mean()
 
@@ -351,29 +336,34 @@ class CosPressLoss(DistillationLoss):
                 compressed_global = compressed[:, 0] if self.global_token == "first" else self.compress(teacher_global)
             else:
                 student_global, teacher_global, compressed_global = student, teacher, compressed
-            total = student.new_zeros(())
+            parts: dict[str, torch.Tensor] = {}
             if self.lambda_global > 0:
-                total = total + self.lambda_global * similarity_map_loss(
-                    teacher_global, compressed_global, None, self.temperatures, self.form
-                )
+                parts["global_map"] = similarity_map_loss(teacher_global, compressed_global, None, self.temperatures, self.form)
             if self.lambda_token > 0:
-                total = total + self.lambda_token * self.feature_distance(student_global, compressed_global.detach(), None)
+                parts["token"] = self.feature_distance(student_global, compressed_global.detach(), None)
             if tokens and self.lambda_local > 0:
-                total = total + self.lambda_local * similarity_map_loss(
-                    teacher, compressed, valid, self.temperatures, self.form
-                )
+                parts["local_map"] = similarity_map_loss(teacher, compressed, valid, self.temperatures, self.form)
             if tokens and self.lambda_feature > 0:
-                total = total + self.lambda_feature * self.feature_distance(student, compressed.detach(), weights)
+                parts["feature"] = self.feature_distance(student, compressed.detach(), weights)
+            total = student.new_zeros(())
+            for part, value in parts.items():
+                total = total + self.part_weights[part] * value
+            self.parts = {part: value.detach() for part, value in parts.items()}
             return total
+
+    @property
+    def part_weights(self) -> dict[str, float]:
+        """The weight of each part in the total: ``lambda_global``, ``lambda_token``, ``lambda_local``, ``lambda_feature``."""
+        return {
+            "global_map": self.lambda_global, "token": self.lambda_token,
+            "local_map": self.lambda_local, "feature": self.lambda_feature,
+        }
 
     def pool(self, tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """``[B, T, d] -> [B, d]``: the first (CLS) token, or the mean over the real tokens."""
         if self.global_token == "first":
             return tokens[:, 0]
-        if valid is None:
-            return tokens.mean(dim=1)
-        weights = valid[..., None].to(tokens.dtype)
-        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return masked_mean(tokens, valid, dim=1)
 
     def extra_repr(self) -> str:
         return (

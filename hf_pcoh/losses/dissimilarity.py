@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import unknown_name_message
+from .numerics import as_float
 
 
 class Dissimilarity:
@@ -26,7 +27,7 @@ class Dissimilarity:
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() != 2:
             raise ValueError(f"{type(self).__name__} expects features of shape [B, d], got {tuple(features.shape)}")
-        features = features.float() if features.dtype not in (torch.float32, torch.float64) else features
+        features = as_float(features)
         with torch.autocast(device_type=features.device.type, enabled=False):
             return self.pairwise(features)
 

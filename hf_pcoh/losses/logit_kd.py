@@ -14,15 +14,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..citations import HINTON_KD as HINTON_CITATION
 from .base import DistillationLoss, register_loss
-from .mse import masked_mean
-
-HINTON_CITATION = """@article{hinton2015distilling,
-  title   = {Distilling the Knowledge in a Neural Network},
-  author  = {Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
-  journal = {arXiv preprint arXiv:1503.02531},
-  year    = {2015}
-}"""
+from .numerics import masked_mean
 
 
 @register_loss

@@ -16,26 +16,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..citations import FITNETS as FITNETS_CITATION
 from .base import DistillationLoss, register_loss
-
-FITNETS_CITATION = """@inproceedings{romero2015fitnets,
-  title     = {FitNets: Hints for Thin Deep Nets},
-  author    = {Romero, Adriana and Ballas, Nicolas and Kahou, Samira Ebrahimi and Chassang, Antoine and Gatta, Carlo and Bengio, Yoshua},
-  booktitle = {International Conference on Learning Representations},
-  year      = {2015},
-  note      = {arXiv:1412.6550}
-}"""
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``values`` (``[B, T, ...]`` or ``[B, ...]``) over the positions where ``mask`` (``[B, T]``) is 1."""
-    if mask is None:
-        return values.mean()
-    weights = mask.to(values.dtype)
-    while weights.dim() < values.dim():
-        weights = weights.unsqueeze(-1)
-    per_position = values.numel() // weights.numel()
-    return (values * weights).sum() / (weights.sum() * per_position).clamp_min(1.0)
+from .numerics import masked_mean
 
 
 @register_loss

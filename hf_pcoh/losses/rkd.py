@@ -18,26 +18,15 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..citations import RKD as RKD_CITATION
 from .base import DistillationLoss, register_loss
 from .dissimilarity import Euclidean
-
-RKD_CITATION = """@inproceedings{park2019relational,
-  title     = {Relational Knowledge Distillation},
-  author    = {Park, Wonpyo and Kim, Dongju and Lu, Yan and Cho, Minsu},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition},
-  pages     = {3967--3976},
-  year      = {2019},
-  note      = {arXiv:1904.05068}
-}"""
+from .numerics import as_float, divide_by_largest
 
 
 def normalised_distances(features: torch.Tensor) -> torch.Tensor:
     """``[B, d] -> [B, B]`` euclidean distances divided by their off-diagonal mean (0 if all points agree)."""
-    # Distances / their mean is scale-invariant: dividing by the (detached) largest entry first keeps
-    # squared distances of huge features from overflowing float32 without changing value or gradient.
-    largest = features.detach().abs().amax()
-    features = features / torch.where(largest > 0, largest, 1.0)
-    distances = Euclidean()(features)
+    distances = Euclidean()(divide_by_largest(features))  # distances / their mean: scale-invariant
     size = distances.shape[0]
     mean_distance = distances.sum() / (size * (size - 1))
     return distances / mean_distance.clamp_min(1e-12)
@@ -77,8 +66,9 @@ class RKDDistanceLoss(DistillationLoss):
     ) -> torch.Tensor:
         batch_size = self.check_pooled_batch(student, teacher)
         with torch.autocast(device_type=student.device.type, enabled=False):
-            student_distances = normalised_distances(student.float() if student.dtype != torch.float64 else student)
+            student_distances = normalised_distances(as_float(student))
             with torch.no_grad():
+                # float32 even for a float64 teacher (as before numerics.py; kept so values do not move).
                 teacher_distances = normalised_distances(teacher.float()).to(student_distances.dtype)
             # The diagonal is 0 on both sides and adds nothing to the sum.
             huber = F.huber_loss(student_distances, teacher_distances, reduction="sum", delta=self.delta)

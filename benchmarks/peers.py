@@ -20,6 +20,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedModel, TrainingArguments
 
+
 logger = logging.getLogger(__name__)
 
 # The TrainingArguments fields copied from the distillation run, so both train the same way.
@@ -28,13 +29,6 @@ SHARED_TRAINING_FIELDS = (
     "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "data_seed", "bf16", "fp16", "dataloader_drop_last",
     "logging_steps", "disable_tqdm", "use_cpu", "report_to",
 )
-
-CITATION = """@inproceedings{reimers2020multilingual,
-  title     = {Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation},
-  author    = {Reimers, Nils and Gurevych, Iryna},
-  booktitle = {EMNLP},
-  year      = {2020}
-}"""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Throughput of a distillation step beside its baselines (the speed figures of DESIGN.md section 7).
+"""Throughput of a distillation step beside its baselines (the speed targets of hf_pcoh).
 
 For one recipe, on the same fixed batches, the median time per step of:
 
@@ -38,15 +38,14 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer
 
-from .recipes import read_recipe
-from .config import DistillationConfig
-from .data import load_splits
-from .features import FeatureExtractor, Features
-from .losses import LOSSES
-from .models import resolve_checkpoint
-from .pipeline import DistillationSetup, build_setup
-from .teacher_training import TeacherTrainingArguments, grey_image_processor
-from .trainer import DistillationTrainer
+from hf_pcoh import LOSSES, DistillationConfig, DistillationTrainer, FeatureExtractor, Features
+from hf_pcoh.data import load_splits
+from hf_pcoh.models import resolve_checkpoint
+from hf_pcoh.setup import DistillationSetup, build_setup
+from hf_pcoh.recipes import read_recipe
+from hf_pcoh.teacher_training import TeacherTrainingArguments, grey_image_processor
+
+from benchmarks.quality import options_of_used_losses
 
 TEACHER_FORWARD = "teacher forward"
 PLAIN_STUDENT_STEP = "student step, plain MSE"
@@ -280,7 +279,8 @@ def plain_mse_student(trainer: DistillationTrainer, student: nn.Module) -> Plain
 
 def loss_config(config: DistillationConfig, loss: str) -> DistillationConfig:
     """The same run with ``loss`` as its only feature loss."""
-    return dataclasses.replace(config, losses=[loss], loss_weights=None)
+    return dataclasses.replace(config, losses=[loss], loss_weights=None,
+                               loss_kwargs=options_of_used_losses(config.loss_kwargs, [loss]))
 
 
 def teacher_step(trainer: DistillationTrainer, batches: list[Batch]) -> TimedStep:

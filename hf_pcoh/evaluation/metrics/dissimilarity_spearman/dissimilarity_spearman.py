@@ -1,6 +1,6 @@
 """Spearman correlation of a student's and its teacher's pairwise dissimilarities, as an ``evaluate`` metric.
 
-Load it from disk (works offline): ``evaluate.load(hf_pcoh.metrics.metric_path("dissimilarity_spearman"))``.
+Load it from disk (works offline): ``evaluate.load(hf_pcoh.evaluation.metric_path("dissimilarity_spearman"))``.
 The computation is :func:`hf_pcoh.evaluation.dissimilarity_spearman`.
 """
 
@@ -8,7 +8,7 @@ import evaluate
 import numpy as np
 
 from hf_pcoh.evaluation import CITATIONS, dissimilarity_spearman
-from hf_pcoh.metrics import EMBEDDING_PAIR_FEATURES
+from hf_pcoh.evaluation.metrics import EMBEDDING_PAIR_FEATURES
 
 _DESCRIPTION = """
 Dissimilarity Spearman: Spearman's rank correlation between the student's and the teacher's

@@ -1,6 +1,6 @@
 """Perception coherence of a student's embeddings with its teacher's, as an ``evaluate`` metric.
 
-Load it from disk (works offline): ``evaluate.load(hf_pcoh.metrics.metric_path("perception_coherence"))``.
+Load it from disk (works offline): ``evaluate.load(hf_pcoh.evaluation.metric_path("perception_coherence"))``.
 The computation is :func:`hf_pcoh.evaluation.empirical_perception_coherence`.
 """
 
@@ -8,7 +8,7 @@ import evaluate
 import numpy as np
 
 from hf_pcoh.evaluation import CITATIONS, empirical_perception_coherence
-from hf_pcoh.metrics import EMBEDDING_PAIR_FEATURES
+from hf_pcoh.evaluation.metrics import EMBEDDING_PAIR_FEATURES
 
 _DESCRIPTION = """
 Perception coherence: the probability, over random triples (x, x', x'') of distinct points, that the

@@ -10,7 +10,7 @@ initialisation, data, number of steps and seeds; only the training signal differ
   head on the very embedding that is measured (the pipeline always runs the teacher, so this
   reference is trained with a plain ``transformers.Trainer``);
 * ``sentence_transformers_mse`` (text only): the peer a user would pick, sentence-transformers' own
-  distillation (:mod:`hf_pcoh.peers`).
+  distillation (:mod:`benchmarks.peers`).
 
 Every student is measured the same way: :func:`hf_pcoh.evaluation.evaluate_embeddings` on held-out
 points, with a labelled reference sample for kNN and the probe, and agreement with the teacher's
@@ -42,20 +42,19 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModel, PreTrainedModel, Trainer, set_seed
 
-from . import __version__
-from .recipes import read_recipe
-from .collator import DistillationCollator
-from .config import DistillationConfig
-from .data import load_splits
-from .embedding import embed
-from .evaluation import evaluate_embeddings
-from .features import FeatureExtractor
-from .losses import LOSSES
-from .errors import unknown_name_message
-from .models import count_parameters
-from .peers import train_sentence_transformers_peer
-from .pipeline import DistillationSetup, build_setup, embedding_extractors, run_distillation, write_json
-from .teacher_training import TeacherTrainingArguments, train_vision_teacher
+from hf_pcoh import LOSSES, DistillationConfig, FeatureExtractor, __version__
+from hf_pcoh.collator import DistillationCollator
+from hf_pcoh.data import load_splits
+from hf_pcoh.errors import unknown_name_message
+from hf_pcoh.evaluation import embed, evaluate_embeddings
+from hf_pcoh.models import count_parameters
+from hf_pcoh.artifacts import write_json
+from hf_pcoh.pipeline import run_distillation
+from hf_pcoh.setup import DistillationSetup, build_setup, embedding_extractors
+from hf_pcoh.recipes import read_recipe
+from hf_pcoh.teacher_training import TeacherTrainingArguments, train_vision_teacher
+
+from benchmarks.peers import train_sentence_transformers_peer
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +194,16 @@ def ensure_teacher(spec: TeacherSpec) -> None:
     logger.info("teacher in %s: test accuracy %.4f", spec.output_dir, metrics["test_accuracy"])
 
 
+def options_of_used_losses(loss_kwargs: dict[str, Any] | None, losses: Sequence[str]) -> dict[str, Any]:
+    """The recipe's loss options for the losses a row runs (options for a loss not run are an error)."""
+    return {name: options for name, options in (loss_kwargs or {}).items() if name in losses}
+
+
 def run_config(spec: BenchmarkSpec, losses: Sequence[str], seed: int, output_dir: str) -> DistillationConfig:
     """The :class:`DistillationConfig` of one run: the benchmark's recipe with this loss, seed and folder."""
     fields = dict(spec.recipe)
     fields.update(RUN_OVERRIDES)
+    fields["loss_kwargs"] = options_of_used_losses(fields.get("loss_kwargs"), losses)
     return DistillationConfig(output_dir=output_dir, losses=list(losses), seed=seed, **fields)
 
 
@@ -557,7 +562,7 @@ class BenchmarkOptions:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2],
                              metadata={"help": "Seeds; each row runs once per seed."})
     scale: str = field(default="cpu", metadata={"help": "tiny (seconds, tests), cpu (under an hour on 2 CPU cores) "
-                                                "or gpu (full size); see hf_pcoh.benchmarking.benchmark_specs."})
+                                                "or gpu (full size); see benchmarks.quality.benchmark_specs."})
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where the JSON, tables and plots go."})
     work_dir: str | None = field(default=None,
                                  metadata={"help": "Where runs write (default: outputs/benchmark-runs/SCALE)."})

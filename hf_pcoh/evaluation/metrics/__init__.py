@@ -6,7 +6,7 @@ delegates to :mod:`hf_pcoh.evaluation`; ``predictions`` are the student's embedd
 offline (``HF_HUB_OFFLINE=1``)::
 
     import evaluate
-    from hf_pcoh.metrics import metric_path
+    from hf_pcoh.evaluation import metric_path
 
     coherence = evaluate.load(metric_path("perception_coherence"))
     coherence.compute(predictions=student_embeddings, references=teacher_embeddings)
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import datasets
 
-from ..errors import unknown_name_message
+from ...errors import unknown_name_message
 
 METRICS: tuple[str, ...] = ("teacher_neighbour_recall", "dissimilarity_spearman", "perception_coherence")
 

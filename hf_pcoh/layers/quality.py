@@ -1,12 +1,11 @@
-"""Which teacher layers to distil: the knowledge quality ``Q`` of a layer's features.
+"""The knowledge quality ``Q`` of a layer's features: how well a teacher layer would teach a student.
 
 Cooper, Chen, Dwivedy, Gurari, "Logit-Based Losses Limit the Effectiveness of Feature Knowledge
 Distillation" (NeurReps 2025, arXiv 2511.14981); the formulas follow the authors' code
 (Thegolfingocto/KD_wo_CE: ``Scripts/TrainerUtils.py::TPlotClassificationEfficiency``, the quantity
 plotted as "Knowledge Quality", and the statistics it reads from ``Scripts/Arch/Analysis/Analysis.py``).
-The paper hand-picks the distilled layers from plots of ``Q``; here the top-k layers by ``Q`` are
-chosen automatically (:func:`select_layers`) and paired in depth order with the student's hook points
-(:func:`map_layers_one_to_one`).
+The paper hand-picks the distilled layers from plots of ``Q``; :mod:`hf_pcoh.layers.selection` chooses
+the top-k layers by ``Q`` automatically and pairs them in depth order with the student's layers.
 
 Notation: ``x_i`` the features of sample ``i`` flattened to ``D`` numbers, ``c`` one of ``C``
 classes, ``|cos|_ij = |<x_i, x_j>| / (||x_i|| ||x_j||)`` (0 when either vector is zero).
@@ -56,14 +55,6 @@ import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
-
-KNOWLEDGE_QUALITY_CITATION = """@inproceedings{cooper2025logit,
-  title     = {Logit-Based Losses Limit the Effectiveness of Feature Knowledge Distillation},
-  author    = {Cooper, Nicholas and Chen, Lijun and Dwivedy, Sailesh and Gurari, Danna},
-  booktitle = {NeurIPS Workshop on Symmetry and Geometry in Neural Representations (NeurReps)},
-  year      = {2025},
-  note      = {arXiv:2511.14981}
-}"""
 
 EXPLAINED_VARIANCE_THRESHOLD = 0.95
 # The reference divides the mean class entropy by ln 5 ("all datasets are capped at 500 samples/class").
@@ -181,14 +172,21 @@ class _PairStatistics:
     mean_class_norm: float
 
 
-def _pair_statistics(flat: torch.Tensor, rows: torch.Tensor, counts: list[int]) -> _PairStatistics:
-    """S, mean_c m_c, mean_c delta_c and mean_c nu_c on the sub-sample ``rows`` (grouped by class)."""
-    device = flat.device
-    n, num_classes = rows.numel(), len(counts)
-    scale = _rows_scale(flat, rows, "features")
+@dataclass
+class _RowExtremes:
+    """Per row of the sub-sample: its class's ``|cos|`` sums and its nearest pairs."""
 
-    gram = torch.zeros(n, n, dtype=torch.float32, device=device)  # [n, n]
-    squared_norms = torch.zeros(n, dtype=torch.float64, device=device)
+    pair_sums: torch.Tensor  # [C, C] sum of |cos| over ordered pairs of (class of i, class of j), i != j
+    min_intra_abs_cos: torch.Tensor  # [n] smallest |cos| to another point of the same class
+    min_inter_squared_distance: torch.Tensor  # [n] smallest squared distance to another class (float32)
+    nearest_other: torch.Tensor  # [n] the index of that nearest point of another class
+
+
+def _gram_matrix(flat: torch.Tensor, rows: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 Gram matrix ``[n, n]`` of ``flat[rows] / scale`` and its rows' float64 squared norms ``[n]``."""
+    n = rows.numel()
+    gram = torch.zeros(n, n, dtype=torch.float32, device=flat.device)  # [n, n]
+    squared_norms = torch.zeros(n, dtype=torch.float64, device=flat.device)
     for block in _column_blocks(flat, rows, scale):
         # Only the upper block triangle (half the work); mirrored below once all columns are in.
         for start in range(0, n, _GRAM_ROW_CHUNK):
@@ -197,16 +195,22 @@ def _pair_statistics(flat: torch.Tensor, rows: torch.Tensor, counts: list[int]) 
         squared_norms += block.double().square_().sum(dim=1)
     for start in range(_GRAM_ROW_CHUNK, n, _GRAM_ROW_CHUNK):
         gram[start : start + _GRAM_ROW_CHUNK, :start] = gram[:start, start : start + _GRAM_ROW_CHUNK].T
-    norms = squared_norms.sqrt()
+    return gram, squared_norms
+
+
+def _row_extremes(gram: torch.Tensor, norms: torch.Tensor, squared_norms: torch.Tensor, class_of: torch.Tensor,
+                  num_classes: int) -> _RowExtremes:  # fmt: skip
+    """Reduce the Gram matrix chunk by chunk of rows, never holding more than ``[chunk, n]`` at once."""
+    device, n = gram.device, gram.shape[0]
     inverse_norms = torch.where(norms > 1e-30, 1.0 / norms.clamp_min(1e-30), 0.0).float()
     squared_norms32 = squared_norms.float()
-
-    class_of = torch.repeat_interleave(torch.arange(num_classes, device=device), torch.tensor(counts, device=device))
     one_hot = torch.nn.functional.one_hot(class_of, num_classes).float()  # [n, C]
-    pair_sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
-    row_min_intra = torch.empty(n, dtype=torch.float32, device=device)
-    row_min_inter = torch.empty(n, dtype=torch.float32, device=device)
-    row_nearest_other = torch.empty(n, dtype=torch.long, device=device)
+    extremes = _RowExtremes(
+        pair_sums=torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device),
+        min_intra_abs_cos=torch.empty(n, dtype=torch.float32, device=device),
+        min_inter_squared_distance=torch.empty(n, dtype=torch.float32, device=device),
+        nearest_other=torch.empty(n, dtype=torch.long, device=device),
+    )
     for start in range(0, n, _GRAM_ROW_CHUNK):
         stop = min(n, start + _GRAM_ROW_CHUNK)
         local = torch.arange(stop - start, device=device)
@@ -214,34 +218,49 @@ def _pair_statistics(flat: torch.Tensor, rows: torch.Tensor, counts: list[int]) 
         same_class = class_of[start:stop, None] == class_of[None, :]  # [R, n]
         abs_cos = (inner * inverse_norms[start:stop, None] * inverse_norms[None, :]).abs_().clamp_(max=1.0)
         abs_cos[local, local + start] = 0.0  # a point is not its own pair
-        pair_sums.index_add_(0, class_of[start:stop], (abs_cos @ one_hot).double())
+        extremes.pair_sums.index_add_(0, class_of[start:stop], (abs_cos @ one_hot).double())
         same_class[local, local + start] = False
-        row_min_intra[start:stop] = torch.where(same_class, abs_cos, torch.inf).amin(dim=1)
+        extremes.min_intra_abs_cos[start:stop] = torch.where(same_class, abs_cos, torch.inf).amin(dim=1)
         same_class[local, local + start] = True
         squared_distances = (squared_norms32[start:stop, None] + squared_norms32[None, :] - 2.0 * inner).clamp_(min=0.0)
         nearest = torch.where(same_class, torch.inf, squared_distances).min(dim=1)
-        row_min_inter[start:stop] = nearest.values
-        row_nearest_other[start:stop] = nearest.indices
+        extremes.min_inter_squared_distance[start:stop] = nearest.values
+        extremes.nearest_other[start:stop] = nearest.indices
+    return extremes
 
-    sizes = torch.tensor(counts, dtype=torch.float64, device=device)
+
+def _separation(pair_sums: torch.Tensor, counts: list[int]) -> float:
+    """``S``: the mean within-class ``|cos|`` minus the mean between-class ``|cos|``, each averaged over classes."""
+    num_classes = len(counts)
+    sizes = torch.tensor(counts, dtype=torch.float64, device=pair_sums.device)
     pair_counts = sizes[:, None] * sizes[None, :] - torch.diag(sizes)  # ordered pairs, self excluded
     pair_means = pair_sums / pair_counts
-    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool, device=device)
-    separation = float(pair_means.diagonal().mean() - pair_means[off_diagonal].mean())
+    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool, device=pair_sums.device)
+    return float(pair_means.diagonal().mean() - pair_means[off_diagonal].mean())
+
+
+def _pair_statistics(flat: torch.Tensor, rows: torch.Tensor, counts: list[int]) -> _PairStatistics:
+    """S, mean_c m_c, mean_c delta_c and mean_c nu_c on the sub-sample ``rows`` (grouped by class)."""
+    device, num_classes = flat.device, len(counts)
+    scale = _rows_scale(flat, rows, "features")
+    gram, squared_norms = _gram_matrix(flat, rows, scale)
+    norms = squared_norms.sqrt()
+    class_of = torch.repeat_interleave(torch.arange(num_classes, device=device), torch.tensor(counts, device=device))
+    extremes = _row_extremes(gram, norms, squared_norms, class_of, num_classes)
 
     min_intra, min_inter, class_norms = [], [], []
     offsets = [0, *np.cumsum(counts).tolist()]
     for c in range(num_classes):
         members = slice(offsets[c], offsets[c + 1])
-        min_intra.append(float(row_min_intra[members].min()))
+        min_intra.append(float(extremes.min_intra_abs_cos[members].min()))
         class_norms.append(float(norms[members].mean()))
         # The closest pair found in float32 is re-measured exactly: duplicates across classes give 0.
-        first = offsets[c] + int(row_min_inter[members].argmin())
-        second = int(row_nearest_other[first])
+        first = offsets[c] + int(extremes.min_inter_squared_distance[members].argmin())
+        second = int(extremes.nearest_other[first])
         difference = flat[rows[first]].double() / scale - flat[rows[second]].double() / scale
         min_inter.append(float(torch.linalg.vector_norm(difference)))
     return _PairStatistics(
-        separation=separation,
+        separation=_separation(extremes.pair_sums, counts),
         mean_min_intra_abs_cos=float(np.mean(min_intra)),
         mean_min_inter_distance=float(np.mean(min_inter)),
         mean_class_norm=float(np.mean(class_norms)),
@@ -330,6 +349,38 @@ def knowledge_quality(
     num_samples = flat.shape[0]
     classes, class_of = _class_index(labels, num_samples)
     num_classes = classes.numel()
+    if num_train_samples is None:
+        num_train_samples = num_samples
+    _check_options(max_samples, pca_samples_per_class, num_train_samples, spectrum_cut, num_classes)
+    _check_class_sizes(classes, class_of)
+
+    generator = torch.Generator().manual_seed(seed)  # draws A, then B: the same samples for every layer
+    rows, counts = _stratified_sample(class_of, num_classes, max_samples // num_classes, generator)
+    pair_stats = _pair_statistics(flat, rows, counts)
+    pca_per_class = min(pca_samples_per_class, num_samples // num_classes)
+    pca_rows, pca_counts = _stratified_sample(class_of, num_classes, pca_per_class, generator)
+    mean_entropy, intrinsic_dimension = _spectrum_statistics(flat, pca_rows, pca_counts, spectrum_cut)
+
+    separation = pair_stats.separation
+    information = (1.0 - pair_stats.mean_min_intra_abs_cos) * mean_entropy / INFORMATION_NORMALISER
+    efficiency = _efficiency(pair_stats, num_train_samples, components=min(rows.numel(), flat.shape[1]))
+    quality = separation + math.sqrt(max(information * efficiency, 0.0))
+    logger.debug(
+        "knowledge quality of [%d, %d] features, %d classes (%d + %d sampled): S=%.4f I=%.4f E=%.4f Q=%.4f ID=%.2f",
+        num_samples, flat.shape[1], num_classes, rows.numel(), pca_rows.numel(),
+        separation, information, efficiency, quality, intrinsic_dimension,
+    )  # fmt: skip
+    return KnowledgeQuality(
+        separation=separation,
+        information=information,
+        efficiency=efficiency,
+        quality=quality,
+        intrinsic_dimension=intrinsic_dimension,
+    )
+
+
+def _check_options(max_samples: int, pca_samples_per_class: int, num_train_samples: int, spectrum_cut: str,
+                   num_classes: int) -> None:  # fmt: skip
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples // num_classes < 2:
         raise ValueError(
             f"max_samples={max_samples!r} gives fewer than 2 samples to each of the {num_classes} classes; "
@@ -337,53 +388,38 @@ def knowledge_quality(
         )
     if isinstance(pca_samples_per_class, bool) or not isinstance(pca_samples_per_class, int) or pca_samples_per_class < 2:
         raise ValueError(f"pca_samples_per_class={pca_samples_per_class!r} must be an integer >= 2 (default 500)")
-    if num_train_samples is None:
-        num_train_samples = num_samples
     if isinstance(num_train_samples, bool) or not isinstance(num_train_samples, int) or num_train_samples < 1:
         raise ValueError(f"num_train_samples={num_train_samples!r} must be a positive integer (the training-set size) or None")
     if spectrum_cut not in SPECTRUM_CUTS:
         raise ValueError(f"spectrum_cut={spectrum_cut!r} is not one of {SPECTRUM_CUTS}")
-    class_sizes = torch.bincount(class_of, minlength=num_classes)
+
+
+def _check_class_sizes(classes: torch.Tensor, class_of: torch.Tensor) -> None:
+    class_sizes = torch.bincount(class_of, minlength=classes.numel())
     if int(class_sizes.min()) < 2:
         too_small = classes[class_sizes < 2].tolist()
         raise ValueError(f"labels: classes {too_small} have fewer than 2 samples; every class needs at least 2")
 
-    generator = torch.Generator().manual_seed(seed)
-    rows, counts = _stratified_sample(class_of, num_classes, max_samples // num_classes, generator)
-    pair_stats = _pair_statistics(flat, rows, counts)
 
-    pca_per_class = min(pca_samples_per_class, num_samples // num_classes)
-    pca_rows, pca_counts = _stratified_sample(class_of, num_classes, pca_per_class, generator)
-    spectra = _class_spectra(flat, pca_rows, pca_counts)
-    width = max(pca_counts)
+def _spectrum_statistics(flat: torch.Tensor, rows: torch.Tensor, counts: list[int], spectrum_cut: str) -> tuple[float, float]:
+    """(``mean_c H_c``, ``mean_c d_c``) on the sub-sample ``rows`` (grouped by class)."""
+    spectra = _class_spectra(flat, rows, counts)
+    width = max(counts)
     dimensions = [_intrinsic_dimension(ratios, width) for ratios in spectra]
     if spectrum_cut == "summed":
-        cuts = [min(sum(dimensions), width)] * num_classes
+        cuts = [min(sum(dimensions), width)] * len(counts)
     else:
         cuts = dimensions
     mean_entropy = float(np.mean([_spectrum_entropy(r, t) for r, t in zip(spectra, cuts)]))
+    return mean_entropy, float(np.mean(dimensions))
 
-    separation = pair_stats.separation
-    information = (1.0 - pair_stats.mean_min_intra_abs_cos) * mean_entropy / INFORMATION_NORMALISER
-    components = min(rows.numel(), flat.shape[1])
+
+def _efficiency(pair_stats: _PairStatistics, num_train_samples: int, components: int) -> float:
+    """``E = 2 * mean_c delta_c / mean_c nu_c * (N_train / pi)^(1 / components)``."""
+    if not pair_stats.mean_class_norm > 0:
+        return 0.0  # all-zero features: no distance to spend
     packing = (num_train_samples / math.pi) ** (1.0 / components)
-    if pair_stats.mean_class_norm > 0:
-        efficiency = 2.0 * pair_stats.mean_min_inter_distance / pair_stats.mean_class_norm * packing
-    else:
-        efficiency = 0.0  # all-zero features: no distance to spend
-    quality = separation + math.sqrt(max(information * efficiency, 0.0))
-    logger.debug(
-        "knowledge quality of [%d, %d] features, %d classes (%d + %d sampled): S=%.4f I=%.4f E=%.4f Q=%.4f ID=%.2f",
-        num_samples, flat.shape[1], num_classes, rows.numel(), pca_rows.numel(),
-        separation, information, efficiency, quality, float(np.mean(dimensions)),
-    )  # fmt: skip
-    return KnowledgeQuality(
-        separation=separation,
-        information=information,
-        efficiency=efficiency,
-        quality=quality,
-        intrinsic_dimension=float(np.mean(dimensions)),
-    )
+    return 2.0 * pair_stats.mean_min_inter_distance / pair_stats.mean_class_norm * packing
 
 
 def layer_qualities(
@@ -401,33 +437,6 @@ def layer_qualities(
         qualities[layer] = knowledge_quality(features, labels, **kwargs)
         logger.info("layer %s: %s", layer, qualities[layer])
     return qualities
-
-
-def select_layers(qualities: Mapping[Layer, KnowledgeQuality], top_k: int) -> list[Layer]:
-    """The ``top_k`` layers of highest ``Q``, returned in depth order (the mapping's order).
-
-    Ties in ``Q`` go to the shallower layer.
-    """
-    layers = list(qualities)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(layers):
-        raise ValueError(
-            f"top_k={top_k!r} but there are {len(layers)} layers to choose from ({layers}); "
-            f"use an integer in 1..{len(layers)} (the number of student hook points)"
-        )
-    by_quality = sorted(range(len(layers)), key=lambda position: -qualities[layers[position]].quality)
-    return [layers[position] for position in sorted(by_quality[:top_k])]
-
-
-def map_layers_one_to_one(teacher_layers: Sequence[Layer], student_layers: Sequence[Layer]) -> list[tuple[Layer, Layer]]:
-    """Pair the i-th student layer with the i-th teacher layer, both in depth order: ``[(student, teacher), ...]``."""
-    teacher_layers, student_layers = list(teacher_layers), list(student_layers)
-    if len(teacher_layers) != len(student_layers):
-        raise ValueError(
-            f"teacher_layers has {len(teacher_layers)} layers ({teacher_layers}) but student_layers has "
-            f"{len(student_layers)} ({student_layers}); they must have the same length: select "
-            f"top_k={len(student_layers)} teacher layers"
-        )
-    return list(zip(student_layers, teacher_layers))
 
 
 def _check_selected(qualities: Mapping[Layer, KnowledgeQuality], selected: Sequence[Layer] | None) -> set:

@@ -1,14 +1,15 @@
 """``teacher_layers: auto``: pick the teacher layers to distil by their knowledge quality ``Q``.
 
 Embeds a stratified sample of the training data with the teacher, scores every hidden layer with
-:func:`hf_pcoh.layer_selection.knowledge_quality` (Cooper et al., NeurReps 2025, arXiv 2511.14981),
-and keeps the top-k by ``Q`` (k = the number of student layers), sorted by depth, so that they pair
-one-to-one with the student's layers in order.
+:func:`hf_pcoh.layers.quality.knowledge_quality` (Cooper et al., NeurReps 2025, arXiv 2511.14981),
+keeps the top-k by ``Q`` (:func:`select_layers`, k = the number of student layers), sorted by depth,
+so that they pair one-to-one with the student's layers in order (:func:`map_layers_one_to_one`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,10 +17,37 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from .embedding import embed_every_layer
-from .layer_selection import KnowledgeQuality, format_quality_table, layer_qualities, plot_qualities, select_layers
+from ..evaluation import embed_every_layer
+from .quality import KnowledgeQuality, Layer, format_quality_table, layer_qualities, plot_qualities
 
 logger = logging.getLogger(__name__)
+
+
+def select_layers(qualities: Mapping[Layer, KnowledgeQuality], top_k: int) -> list[Layer]:
+    """The ``top_k`` layers of highest ``Q``, returned in depth order (the mapping's order).
+
+    Ties in ``Q`` go to the shallower layer.
+    """
+    layers = list(qualities)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(layers):
+        raise ValueError(
+            f"top_k={top_k!r} but there are {len(layers)} layers to choose from ({layers}); "
+            f"use an integer in 1..{len(layers)} (the number of student hook points)"
+        )
+    by_quality = sorted(range(len(layers)), key=lambda position: -qualities[layers[position]].quality)
+    return [layers[position] for position in sorted(by_quality[:top_k])]
+
+
+def map_layers_one_to_one(teacher_layers: Sequence[Layer], student_layers: Sequence[Layer]) -> list[tuple[Layer, Layer]]:
+    """Pair the i-th student layer with the i-th teacher layer, both in depth order: ``[(student, teacher), ...]``."""
+    teacher_layers, student_layers = list(teacher_layers), list(student_layers)
+    if len(teacher_layers) != len(student_layers):
+        raise ValueError(
+            f"teacher_layers has {len(teacher_layers)} layers ({teacher_layers}) but student_layers has "
+            f"{len(student_layers)} ({student_layers}); they must have the same length: select "
+            f"top_k={len(student_layers)} teacher layers"
+        )
+    return list(zip(student_layers, teacher_layers))
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Recall of the teacher's k nearest neighbours in the student's embedding, as an ``evaluate`` metric.
 
-Load it from disk (works offline): ``evaluate.load(hf_pcoh.metrics.metric_path("teacher_neighbour_recall"))``.
+Load it from disk (works offline): ``evaluate.load(hf_pcoh.evaluation.metric_path("teacher_neighbour_recall"))``.
 The computation is :func:`hf_pcoh.evaluation.teacher_neighbour_recall`.
 """
 
@@ -8,7 +8,7 @@ import evaluate
 import numpy as np
 
 from hf_pcoh.evaluation import CITATIONS, teacher_neighbour_recall
-from hf_pcoh.metrics import EMBEDDING_PAIR_FEATURES
+from hf_pcoh.evaluation.metrics import EMBEDDING_PAIR_FEATURES
 
 _DESCRIPTION = """
 Teacher-neighbour recall@k: mean over points i of |kNN_student(i) ∩ kNN_teacher(i)| / k, the point

@@ -1,6 +1,6 @@
 """An epoch trained from the teacher-feature cache beside an epoch of plain student training.
 
-DESIGN.md section 7: "with cached teacher features an epoch costs at most 1.10x plain student training".
+The target: with cached teacher features an epoch costs at most 1.10x plain student training.
 Both sides run through ``Trainer.train`` on the same training rows, which carry the cached teacher
 features (``--teacher_cache``), so each side pays what a real epoch pays: reading the rows and their
 Arrow feature columns, the processor and collation (``DataLoader`` in the main process, as the
@@ -29,10 +29,18 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
-from .collator import CACHED_FEATURES_KEY, cached_feature_column
-from .features import Features
-from .pipeline import DistillationSetup
-from .throughput import CACHE_TARGET, benchmarked_losses, build_trainer, plain_mse_student, recipe_setup, synchronize
+from hf_pcoh import Features
+from hf_pcoh.collator import CACHED_FEATURES_KEY, cached_feature_column
+from hf_pcoh.setup import DistillationSetup
+
+from benchmarks.throughput import (
+    CACHE_TARGET,
+    benchmarked_losses,
+    build_trainer,
+    plain_mse_student,
+    recipe_setup,
+    synchronize,
+)
 
 PLAIN_EPOCH = "plain student training"
 
@@ -107,7 +115,7 @@ def cached_recipe_setup(
     recipe: str, output_dir: str, batch_size: int | None = None, num_batches: int = 12, device: str = "cpu",
     bf16: bool = False,
 ) -> tuple[DistillationSetup, str]:
-    """:func:`~hf_pcoh.throughput.recipe_setup` whose training rows carry the teacher's cached features."""
+    """:func:`~benchmarks.throughput.recipe_setup` whose training rows carry the teacher's cached features."""
     return recipe_setup(recipe, output_dir, batch_size, num_batches, device, bf16,
                         teacher_cache=os.path.join(output_dir, "teacher_cache"), num_train_epochs=1, max_steps=-1)
 

@@ -1,16 +1,17 @@
-"""The throughput benchmark (hf_pcoh.throughput) on tiny models and real digits: rows, samples/s and ratios."""
+"""The throughput benchmarks (benchmarks.throughput, benchmarks.cache_epochs) on tiny models and real digits:
+rows, samples/s and ratios."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from hf_pcoh.cache_epochs import benchmark_cache_epochs, epoch_markdown_table
-from hf_pcoh.config import DistillationConfig
-from hf_pcoh.losses import LOSSES
-from hf_pcoh.pipeline import build_setup
+from hf_pcoh import LOSSES, DistillationConfig
+from hf_pcoh.setup import build_setup
 from hf_pcoh.teacher_training import TeacherTrainingArguments
-from hf_pcoh.throughput import (
+
+from benchmarks.cache_epochs import benchmark_cache_epochs, epoch_markdown_table
+from benchmarks.throughput import (
     CACHE_TARGET,
     DISTILLATION_TARGET,
     benchmark_setup,
@@ -21,6 +22,8 @@ from hf_pcoh.throughput import (
 )
 
 from tiny_models import TINY_RESNET, TINY_VIT
+
+pytestmark = pytest.mark.slow
 
 FEATURE_LOSSES = [name for name in LOSSES if name != "logit_kd"]
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .collator import process
-from .features import FeatureExtractor, pool
+from ..collator import process
+from ..features import FeatureExtractor, pool
 
 
 @dataclass

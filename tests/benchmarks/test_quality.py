@@ -1,5 +1,6 @@
-"""The loss benchmark: the tiny scale end to end on both benchmarks (real WordNet glosses, real digits,
-tiny models from configs), resuming without retraining, and the mean/std aggregation by hand."""
+"""The quality benchmark (benchmarks.quality): the tiny scale end to end on both benchmarks (real WordNet
+glosses, real digits, tiny models from configs), resuming without retraining, and the mean/std aggregation
+by hand."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from hf_pcoh import benchmarking
-from hf_pcoh.benchmarking import (
+from benchmarks import quality
+from benchmarks.quality import (
     NO_TEACHER_ROW,
     PEER_ROW,
     BenchmarkOptions,
@@ -21,6 +22,8 @@ from hf_pcoh.benchmarking import (
     format_benchmark_table,
     run_benchmarks,
 )
+
+pytestmark = pytest.mark.slow
 
 LOSSES = ["perception_coherence", "projected_mse"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,7 +99,7 @@ def test_a_rerun_reuses_the_recorded_runs_without_training(tiny_benchmark, monke
         raise AssertionError("a run recorded with the same settings was trained again")
 
     for runner in ("run_distillation_row", "run_no_teacher_row", "run_peer_row"):
-        monkeypatch.setattr(benchmarking, runner, must_not_train)
+        monkeypatch.setattr(quality, runner, must_not_train)
     again = run_benchmarks(options)
     for name, report in reports.items():
         assert [run.to_dict() for run in again[name].runs] == [run.to_dict() for run in report.runs]

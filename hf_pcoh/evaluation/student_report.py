@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..features import FeatureExtractor
+from ..models import count_parameters
 from .embedding import embed
-from .evaluation import evaluate_embeddings
-from .features import FeatureExtractor
-from .models import count_parameters
+from .report import evaluate_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def compare_teacher_and_student(
 
     Class-aware metrics (kNN, probe, retrieval) use the training sample as the labelled reference;
     agreement metrics (teacher-neighbour recall, dissimilarity Spearman, perception coherence) compare
-    the student's embeddings of the eval split with the teacher's.
+    the student's embeddings of the eval split with the teacher's. Every metric but the probe is measured
+    in the cosine and the euclidean geometry; the keys are those of :func:`evaluate_embeddings`.
     """
     reference = train_dataset.select(range(min(max_reference_samples, len(train_dataset))))
     reference_inputs = reference[input_column]

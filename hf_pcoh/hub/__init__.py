@@ -1,0 +1,122 @@
+"""Publish a distilled student: a model card with the run's provenance and results, then one upload.
+
+One job per module:
+
+- :mod:`.run_files`: read the run's output directory (``distillation_config.json``, ``eval_results.json``), check
+  that it holds a loadable student, list what is uploaded;
+- :mod:`.card`: build the model card (``model_cards/distilled_student.md`` through
+  :class:`huggingface_hub.ModelCardData`, with a ``model-index`` the Hub renders) and write it as ``README.md``;
+- :mod:`.usage`: the card's plain-``transformers`` snippet that computes the embedding the card measured;
+- :mod:`.redaction`: keep credentials out of the card;
+- :mod:`.upload`: :func:`publish`, which writes the card and uploads the folder in a single commit::
+
+    from hf_pcoh.hub import publish
+
+    plan = publish("outputs/minilm-wordnet", "me/minilm-tiny", dry_run=True)
+    print(plan.files)        # what would be uploaded
+    publish("outputs/minilm-wordnet", "me/minilm-tiny")
+"""
+
+from huggingface_hub import get_token
+
+from ..artifacts import DISTILLATION_CONFIG_FILE, EVAL_RESULTS_FILE, HEADS_FILE, MODEL_CARD_FILE
+from ..citations import HF_PCOH as HF_PCOH_CITATION
+from .card import (
+    DEFAULT_TAGS,
+    HUB_ID_PATTERN,
+    METRIC_NAMES,
+    NOT_EVAL_METRICS,
+    TEMPLATE_NAME,
+    build_model_card,
+    card_citations,
+    eval_results_for_card,
+    format_count,
+    format_metric,
+    format_ratio,
+    is_number,
+    layer_selection_context,
+    looks_like_hub_id,
+    loss_citations,
+    metric_display_name,
+    ordered_metrics,
+    results_rows,
+    student_summary,
+    teacher_summary,
+    template_path,
+    write_model_card,
+)
+from .redaction import CREDENTIAL_WORDS, REDACTED, redact_recipe, secret_values
+from .run_files import (
+    CARD_FILE,
+    MODEL_CONFIG_FILE,
+    UPLOAD_IGNORE_PATTERNS,
+    WEIGHTS_FILES,
+    check_student_files,
+    files_to_upload,
+    read_json,
+    read_run,
+)
+from .upload import (
+    HubRefusedError,
+    HubUnreachableError,
+    MissingTokenError,
+    PublishError,
+    PublishPlan,
+    default_commit_message,
+    network_error_types,
+    publish,
+)
+from .usage import embedding_spec, usage_snippet
+
+__all__ = [
+    "CARD_FILE",
+    "CREDENTIAL_WORDS",
+    "DEFAULT_TAGS",
+    "DISTILLATION_CONFIG_FILE",
+    "EVAL_RESULTS_FILE",
+    "HEADS_FILE",
+    "HF_PCOH_CITATION",
+    "HUB_ID_PATTERN",
+    "METRIC_NAMES",
+    "MODEL_CARD_FILE",
+    "MODEL_CONFIG_FILE",
+    "NOT_EVAL_METRICS",
+    "REDACTED",
+    "TEMPLATE_NAME",
+    "UPLOAD_IGNORE_PATTERNS",
+    "WEIGHTS_FILES",
+    "HubRefusedError",
+    "HubUnreachableError",
+    "MissingTokenError",
+    "PublishError",
+    "PublishPlan",
+    "build_model_card",
+    "card_citations",
+    "check_student_files",
+    "default_commit_message",
+    "embedding_spec",
+    "eval_results_for_card",
+    "files_to_upload",
+    "format_count",
+    "format_metric",
+    "format_ratio",
+    "get_token",
+    "is_number",
+    "layer_selection_context",
+    "looks_like_hub_id",
+    "loss_citations",
+    "metric_display_name",
+    "network_error_types",
+    "ordered_metrics",
+    "publish",
+    "read_json",
+    "read_run",
+    "redact_recipe",
+    "results_rows",
+    "secret_values",
+    "student_summary",
+    "teacher_summary",
+    "template_path",
+    "usage_snippet",
+    "write_model_card",
+]

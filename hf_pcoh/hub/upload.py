@@ -1,0 +1,219 @@
+"""Publishing a distilled student: write its model card into the folder, then upload the folder in one commit.
+
+::
+
+    from hf_pcoh.hub import publish
+
+    plan = publish("outputs/minilm-wordnet", "me/minilm-tiny", dry_run=True)
+    print(plan.files)        # what would be uploaded
+    publish("outputs/minilm-wordnet", "me/minilm-tiny")
+
+Every failure after the checks leaves the folder complete, with its card, and says so: the upload is a single
+commit, so the repo never holds part of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .. import __version__
+from .card import build_model_card, write_model_card
+from .run_files import (
+    CARD_FILE,
+    UPLOAD_IGNORE_PATTERNS,
+    check_student_files,
+    files_to_upload,
+    folder_contents,
+    link_ignore_patterns,
+    read_run,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    """A publish that cannot go on, with a message for the user (no traceback needed)."""
+
+
+class MissingTokenError(PublishError):
+    """No Hugging Face token: nothing was sent; the folder is ready to upload."""
+
+
+class HubUnreachableError(PublishError):
+    """The Hub could not be reached (offline, network error): nothing was uploaded."""
+
+
+class HubRefusedError(PublishError):
+    """The Hub answered with an error (bad token, no write access, ...): nothing was uploaded."""
+
+
+@dataclass
+class PublishPlan:
+    """What :func:`publish` uploads (or, with ``dry_run``, would upload) and what came of it.
+
+    ``files`` are paths relative to ``output_dir``, exactly the files ``upload_folder`` sends (``README.md``
+    included); ``card`` is the model card's text.
+    """
+
+    output_dir: Path
+    repo_id: str
+    files: list[str]
+    card: str
+    commit_message: str
+    ignore_patterns: list[str]
+    private: bool = False
+    dry_run: bool = False
+    uploaded: bool = False
+    repo_url: str | None = None
+    commit_url: str | None = None
+    card_path: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def network_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the Hub could not be reached", whichever HTTP client huggingface_hub uses."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]  # includes OfflineModeIsEnabled
+    for module_name, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
+                               ("requests", ("ConnectionError", "Timeout"))):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        types.extend(getattr(module, name) for name in names if isinstance(getattr(module, name, None), type))
+    return tuple(types)
+
+
+def default_commit_message(description: dict[str, Any]) -> str:
+    """``Distil TEACHER into a STUDENT student on DATASET with LOSSES (hf_pcoh VERSION)``."""
+    teacher = description["teacher"].get("name_or_path") or "a teacher"
+    student = description["student"].get("model_type") or "a"
+    dataset = description["dataset"].get("name") or "its data"
+    losses = ", ".join(description.get("losses") or ["feature distillation"])
+    version = description.get("hf_pcoh_version", __version__)
+    return f"Distil {teacher} into a {student} student on {dataset} with {losses} (hf_pcoh {version})"
+
+
+def publish(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+    api: HfApi | None = None,
+    license: str = "apache-2.0",
+) -> PublishPlan:
+    """Write the model card into ``output_dir`` and upload the folder to ``repo_id`` in one commit.
+
+    Checks the folder first (student ``config.json`` and safetensors weights, ``distillation_config.json``).
+    Uploads every file except ``checkpoint-*/``, ``runs/``, ``*.bin`` pickles, ``*.tmp`` leftovers and
+    symbolic links.
+
+    Args:
+        output_dir: the distillation run's output directory.
+        repo_id: ``user/name`` (or ``org/name``) on the Hub; created if missing.
+        private: create the repo private (an existing repo keeps its visibility).
+        token: a Hugging Face token; default: ``huggingface_hub.get_token()`` (``HF_TOKEN`` or ``hf auth login``).
+        commit_message: default: names the teacher, student, data set, losses and hf_pcoh version.
+        dry_run: only build the card and list the files; write and send nothing.
+        api: the :class:`huggingface_hub.HfApi` to use (tests pass a stand-in).
+        license: the card's license.
+
+    Returns:
+        a :class:`PublishPlan` with the files, the card and (after an upload) the commit URL.
+
+    Raises:
+        FileNotFoundError / ValueError: the folder is not a finished run (the message names the file), or
+            ``repo_id`` is not a valid repo id.
+        MissingTokenError: no token; nothing was sent; the folder (with its card) is ready to upload.
+        HubUnreachableError: offline or a network error; nothing was uploaded.
+        HubRefusedError: the Hub refused (e.g. a read-only token); nothing was uploaded.
+    """
+    folder = Path(output_dir)
+    check_student_files(folder)
+    check_repo_id(repo_id)
+    description, _ = read_run(folder)
+    message = commit_message or default_commit_message(description)
+    # Resolved locally (environment, then the token file of `hf auth login`); also kept out of the card.
+    token = token or huggingface_hub.get_token()
+
+    if dry_run:
+        card = build_model_card(folder, repo_id=repo_id, license=license, secrets=(token,))
+        return upload_plan(folder, repo_id, str(card), message, private=private, dry_run=True)
+
+    # The card is written before anything is sent: whatever happens next, the folder is ready to upload.
+    card_path = write_model_card(folder, repo_id=repo_id, license=license, secrets=(token,))
+    plan = upload_plan(folder, repo_id, card_path.read_text(encoding="utf-8"), message, private=private,
+                       card_path=card_path)
+    if not token:
+        raise MissingTokenError(
+            f"No Hugging Face token found, so nothing was sent to {repo_id}. Run `hf auth login` (or set the "
+            f"HF_TOKEN environment variable to a token with write access) and run the same command again. "
+            f"{ready_message(plan)}."
+        )
+    return upload(plan, token, api if api is not None else HfApi())
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Fail with a ``ValueError`` naming ``repo_id`` unless it is a valid Hub repo id."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo_id={repo_id!r} is not a Hub repo id: use 'user/name' ({error})") from None
+
+
+def upload_plan(folder: Path, repo_id: str, card: str, message: str, private: bool, dry_run: bool = False,
+                card_path: Path | None = None) -> PublishPlan:
+    """The files to send, the patterns that keep everything else out, and what is left out."""
+    files = files_to_upload(folder)
+    regular_files, links = folder_contents(folder)
+    ignore_patterns = [*UPLOAD_IGNORE_PATTERNS, *link_ignore_patterns(links)]
+    skipped = [path for path in sorted([*regular_files, *links]) if path not in files]
+    return PublishPlan(folder, repo_id, files, card, message, ignore_patterns, private=private, dry_run=dry_run,
+                       card_path=card_path, skipped=skipped)
+
+
+def ready_message(plan: PublishPlan) -> str:
+    """What every failed upload leaves behind: a complete folder with its card."""
+    return (f"The folder {plan.output_dir} is complete, with its model card {CARD_FILE}, and ready to upload "
+            f"({len(plan.files)} files)")
+
+
+def upload(plan: PublishPlan, token: str, api: HfApi) -> PublishPlan:
+    """Create the repo if needed and send the folder in one commit; Hub and network errors become PublishErrors."""
+    repo_id = plan.repo_id
+    try:
+        repo_url = api.create_repo(repo_id, private=plan.private, exist_ok=True, token=token)
+        commit = api.upload_folder(
+            folder_path=str(plan.output_dir),
+            repo_id=repo_id,
+            commit_message=plan.commit_message,
+            ignore_patterns=list(plan.ignore_patterns),  # upload_folder appends its defaults to the list it gets
+            token=token,
+        )
+    except network_error_types() as error:
+        raise HubUnreachableError(
+            f"Could not reach the Hugging Face Hub to upload to {repo_id} ({type(error).__name__}: {error}). Nothing "
+            f"was uploaded: the upload is a single commit, so the repo holds no partial upload. {ready_message(plan)}: "
+            "run the same command again once online (and without HF_HUB_OFFLINE=1)."
+        ) from error
+    except HfHubHTTPError as error:
+        raise HubRefusedError(
+            f"The Hugging Face Hub refused the upload to {repo_id} ({error}). Check that your token has write access "
+            f"to {repo_id.split('/')[0]!r} (`hf auth whoami`). Nothing was uploaded. {ready_message(plan)}."
+        ) from error
+    plan.uploaded = True
+    plan.repo_url = str(repo_url) if repo_url is not None else None
+    plan.commit_url = getattr(commit, "commit_url", None)
+    logger.info("uploaded %d files to %s", len(plan.files), plan.repo_url or repo_id)
+    return plan

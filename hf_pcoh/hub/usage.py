@@ -1,0 +1,108 @@
+"""The model card's usage snippet: plain ``transformers`` code that computes the embedding the card measured.
+
+It reproduces :class:`hf_pcoh.features.FeatureExtractor` (a layer and a pooling) without hf_pcoh, so a user
+of the published student gets the embedding its results were measured on.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+def embedding_spec(description: dict[str, Any]) -> tuple[int | str, str]:
+    """(student layer, pooling) of the embedding the run was measured on.
+
+    ``distillation_config.json``'s ``embedding`` entry when present; else, as the pipeline measures it,
+    the deepest distilled student layer, with token-level pooling (``none``) read as ``mean``.
+    """
+    embedding = description.get("embedding") or {}
+    recipe = description["recipe"]
+    layer = embedding.get("student_layer")
+    if layer is None:
+        layers = recipe.get("student_layers") or ["last"]
+        layer = layers[-1]
+    pooling = embedding.get("pooling") or recipe.get("pooling") or "mean"
+    if pooling == "none":
+        pooling = "mean"
+    if isinstance(layer, str) and re.fullmatch(r"-?\d+", layer.strip()):
+        layer = int(layer)
+    return layer, pooling
+
+
+def usage_snippet(model_id: str, modality: str, layer: int | str, pooling: str, max_length: int = 128,
+                  num_channels: int | None = None) -> str:
+    """Python that loads the student with plain ``transformers`` and computes the embedding the card measured."""
+    vision = modality == "vision"
+    if vision:
+        lines = image_loading_lines(model_id, num_channels)
+    else:
+        lines = text_loading_lines(model_id, max_length)
+    lines += ["with torch.no_grad():", "    outputs = model(**inputs, output_hidden_states=True)"]
+    if layer == "pooler":
+        lines.append("embeddings = outputs.pooler_output.flatten(1)  # the model's pooler")
+        return "\n".join(lines)
+    if layer == "last":
+        lines.append("hidden = outputs.last_hidden_state")
+    else:
+        lines.append(f"hidden = outputs.hidden_states[{layer}]  # 0 = embeddings, 1.. = the layers' outputs")
+    lines += pooling_lines(pooling, vision)
+    lines.append("print(embeddings.shape)  # [batch, dim]")
+    return "\n".join(lines)
+
+
+def image_loading_lines(model_id: str, num_channels: int | None) -> list[str]:
+    """Load the image processor and the model; one image as the batch (grey-scale for one-channel students)."""
+    mode = "L" if num_channels == 1 else "RGB"
+    return [
+        "import torch",
+        "from PIL import Image",
+        "from transformers import AutoImageProcessor, AutoModel",
+        "",
+        f'model_id = "{model_id}"',
+        "processor = AutoImageProcessor.from_pretrained(model_id)",
+        "model = AutoModel.from_pretrained(model_id).eval()",
+        "",
+        f'images = [Image.open("my_image.png").convert("{mode}")]',
+        'inputs = processor(images=images, return_tensors="pt")',
+    ]
+
+
+def text_loading_lines(model_id: str, max_length: int) -> list[str]:
+    """Load the tokenizer and the model; two sentences as the batch, truncated as in training."""
+    return [
+        "import torch",
+        "from transformers import AutoModel, AutoTokenizer",
+        "",
+        f'model_id = "{model_id}"',
+        "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+        "model = AutoModel.from_pretrained(model_id).eval()",
+        "",
+        'sentences = ["A student distilled from its teacher.", "Embeddings from plain transformers."]',
+        f'inputs = tokenizer(sentences, padding=True, truncation=True, max_length={max_length}, return_tensors="pt")',
+    ]
+
+
+def pooling_lines(pooling: str, vision: bool) -> list[str]:
+    """``hidden`` -> ``embeddings`` [batch, dim], pooled as :class:`hf_pcoh.features.FeatureExtractor` pools."""
+    if pooling == "cls":
+        return [f"embeddings = hidden[:, 0]  # the {'class' if vision else '[CLS]'} token"]
+    if vision:  # gap / mean (last_token has no meaning without padding: the last token)
+        if pooling == "last_token":
+            return ["embeddings = hidden[:, -1]  # the last token"]
+        return [
+            "# global average pooling: over H, W of [B, C, H, W] maps, or over the tokens of [B, T, d]",
+            "embeddings = hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)",
+        ]
+    if pooling == "last_token":
+        return [
+            "# the last non-padding token, whichever side the tokenizer pads",
+            'mask = inputs["attention_mask"]',
+            "last = (torch.arange(mask.shape[1]) * mask).argmax(dim=1)",
+            "embeddings = hidden[torch.arange(hidden.shape[0]), last]",
+        ]
+    return [  # mean / gap: mean over the non-padding tokens
+        "# mean over the non-padding tokens",
+        'mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)',
+        "embeddings = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)",
+    ]

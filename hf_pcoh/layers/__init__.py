@@ -1,0 +1,26 @@
+"""Which teacher layers to distil: their knowledge quality ``Q`` (:mod:`.quality`) and the automatic
+choice of the best ones for ``teacher_layers: auto`` (:mod:`.selection`)."""
+
+from ..citations import KNOWLEDGE_QUALITY as KNOWLEDGE_QUALITY_CITATION
+from .quality import (
+    KnowledgeQuality,
+    format_quality_table,
+    knowledge_quality,
+    layer_qualities,
+    plot_qualities,
+)
+from .selection import LayerChoice, choose_teacher_layers, map_layers_one_to_one, select_layers, stratified_rows
+
+__all__ = [
+    "KNOWLEDGE_QUALITY_CITATION",
+    "KnowledgeQuality",
+    "LayerChoice",
+    "choose_teacher_layers",
+    "format_quality_table",
+    "knowledge_quality",
+    "layer_qualities",
+    "map_layers_one_to_one",
+    "plot_qualities",
+    "select_layers",
+    "stratified_rows",
+]

@@ -1,0 +1,49 @@
+"""Run the perception-coherence study (or a shard of it) and render its tables: see benchmarks/study.py.
+
+    python scripts/study.py run --benchmarks text vision --seeds 0            # the screening grid
+    python scripts/study.py run --variants pc_cos_t0.1 projected_mse --seeds 0 1 2
+    python scripts/study.py run --shard 1/2 ...                               # every 2nd pending run
+    python scripts/study.py report
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `benchmarks` is not installed
+
+from benchmarks.study import StudyOptions, run_study, write_study_report  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("--benchmarks", nargs="+", default=["text", "vision"], choices=["text", "vision"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--variants", nargs="+", default=None, help="variant names (default: the whole grid)")
+    parser.add_argument("--output_dir", default="benchmarks/results/study")
+    parser.add_argument("--work_dir", default="outputs/study")
+    parser.add_argument("--shard", default="0/1", help="INDEX/COUNT: run every COUNT-th pending run")
+    parser.add_argument("--num_threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.command == "report":
+        for benchmark, path in write_study_report(args.output_dir, args.benchmarks).items():
+            print(f"{benchmark}: {path}")
+        return 0
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.num_threads)
+    index, count = (int(part) for part in args.shard.split("/"))
+    options = StudyOptions(args.benchmarks, args.seeds, args.variants, args.output_dir, args.work_dir,
+                           shard=(index, count))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for path in run_study(options):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,9 @@ Nothing here is part of the installed library (the wheel ships ``hf_pcoh`` only,
   plain-MSE student step, and :mod:`benchmarks.cache_epochs`: an epoch trained from the teacher-feature
   cache beside plain student training (``python scripts/bench_throughput.py``);
 * :mod:`benchmarks.loss_cost`: time and peak memory of each loss's forward + backward, beside the naive
-  perception coherence (``python scripts/bench_losses.py``).
+  perception coherence (``python scripts/bench_losses.py``);
+* :mod:`benchmarks.end_to_end`: a whole distillation job, from nothing loaded to a saved student, beside
+  sentence-transformers' own distillation recipe on the same job (``python scripts/bench_end_to_end.py``).
 
 Results of full runs are kept in ``benchmarks/results/``.
 """

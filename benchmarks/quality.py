@@ -115,6 +115,7 @@ class BenchmarkSpec:
 RUN_OVERRIDES: dict[str, Any] = {
     "save_strategy": "no", "evaluate_after_training": False, "report_to": "none", "disable_tqdm": True,
     "push_to_hub": False, "eval_strategy": "no", "teacher_cache": None,
+    "overwrite_output_dir": True,  # a benchmark's run folder is scratch space: a rerun replaces it
 }
 
 

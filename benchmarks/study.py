@@ -62,6 +62,7 @@ SPLITS = ("validation", "test", "ood")
 HEADLINE = "teacher_neighbour_recall@10"
 TEXT_BATCH = 64
 VISION_BATCH = 128
+VISION_STEPS = 600
 
 
 # --------------------------------------------------------------------------- what is run
@@ -94,15 +95,21 @@ def pc(temperature: float = 0.1, dissimilarity: str = "euclidean", **options: An
     return {"perception_coherence": {"temperature": temperature, "dissimilarity": dissimilarity, **options}}
 
 
-def batch_overrides(batch: int, base_batch: int, base_lr: float) -> dict[str, Any]:
-    """A batch size at equal epochs, the learning rate scaled by sqrt(batch / base_batch)."""
-    return {"per_device_train_batch_size": batch, "learning_rate": base_lr * math.sqrt(batch / base_batch)}
+def batch_overrides(batch: int, base_batch: int, base_lr: float, base_steps: int | None = None) -> dict[str, Any]:
+    """A batch size at equal epochs (``base_steps`` scaled down when the budget is in steps), the learning
+    rate scaled by sqrt(batch / base_batch)."""
+    overrides: dict[str, Any] = {"per_device_train_batch_size": batch,
+                                 "learning_rate": base_lr * math.sqrt(batch / base_batch)}
+    if base_steps is not None:
+        overrides["max_steps"] = max(1, base_steps * base_batch // batch)
+    return overrides
 
 
 def study_variants(benchmark: str) -> list[Variant]:
     """The grid: perception coherence's options, its batch size and partners, and every other loss."""
     base_lr = 1e-4 if benchmark == "text" else 1e-3
     base_batch = TEXT_BATCH if benchmark == "text" else VISION_BATCH
+    base_steps = None if benchmark == "text" else VISION_STEPS  # text: one epoch, whatever the batch
     rows: list[Variant] = []
 
     def add(name: str, group: str, **kwargs: Any) -> None:
@@ -116,9 +123,9 @@ def study_variants(benchmark: str) -> list[Variant]:
         add(f"pc_cos_t0.1_local{locality:g}", "pc local", loss_kwargs=pc(0.1, "cosine", locality=locality))
     for batch in (256, 1024):
         add(f"pc_cos_t0.1_b{batch}", "pc batch", loss_kwargs=pc(0.1, "cosine"),
-            overrides=batch_overrides(batch, base_batch, base_lr))
+            overrides=batch_overrides(batch, base_batch, base_lr, base_steps))
     add("pc_cos_t0.1_b1024_m128", "pc batch", loss_kwargs=pc(0.1, "cosine", num_references=128),
-        overrides=batch_overrides(1024, base_batch, base_lr))
+        overrides=batch_overrides(1024, base_batch, base_lr, base_steps))
     for anchor in ("projected_mse", "procrustes"):
         for weight in (0.1, 0.3, 1.0):
             add(f"pc_cos_t0.1+{anchor}{weight:g}", "pc + anchor", losses=("perception_coherence", anchor),
@@ -151,7 +158,7 @@ def study_specs(teachers_dir: str) -> dict[str, BenchmarkSpec]:
     specs = benchmark_specs("cpu", teachers_dir)
     specs["text"].recipe.update(max_train_samples=16000, max_steps=-1, num_train_epochs=1,
                                 per_device_train_batch_size=TEXT_BATCH, max_length=32, logging_steps=50)
-    specs["vision"].recipe.update(max_train_samples=20000, max_steps=600, per_device_train_batch_size=VISION_BATCH,
+    specs["vision"].recipe.update(max_train_samples=20000, max_steps=VISION_STEPS, per_device_train_batch_size=VISION_BATCH,
                                   logging_steps=100)
     specs["text"].num_queries, specs["text"].num_reference = 1000, 1000
     specs["vision"].num_queries, specs["vision"].num_reference = 1000, 2000

@@ -16,7 +16,8 @@ from .config import DistillationConfig
 from .evaluation import summary_line
 from .hub import PublishError
 from .pipeline import run_distillation
-from .recipes import DEFAULT_RECIPE, is_recipe_argument, read_recipe
+from .output_dir import holds_finished_run
+from .recipes import DEFAULT_RECIPE, builtin_recipes, is_recipe_argument, read_recipe
 from .setup import build_setup, choose_layers_by_quality
 from .trainer import NonFiniteLossError
 
@@ -64,6 +65,7 @@ def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig
     parser = DistillationArgumentParser(DistillationConfig)
     parser.set_defaults(**recipe_for_command_line(read_recipe(recipe), argv))
     (config,) = parser.parse_args_into_dataclasses(args=argv)
+    config.check_models_given()  # a recipe builds both models: say so before anything runs
     return config
 
 
@@ -76,6 +78,7 @@ def distill_main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    replace_builtin_recipe_run(config, list(sys.argv[1:] if argv is None else argv))
     try:
         result = run_distillation(config)
     except ValueError as error:
@@ -91,6 +94,22 @@ def distill_main(argv: list[str] | None = None) -> int:
     if result.evaluation is not None:
         print(summary_line(result.evaluation))
     return 0
+
+
+def replace_builtin_recipe_run(config: DistillationConfig, argv: list[str]) -> None:
+    """A built-in recipe run again into its own default folder replaces its finished run there, with a warning.
+
+    So the README's quick start (``python scripts/distill.py``) can be run again as written, and
+    ``evaluate.py`` / ``publish.py`` keep finding the student where the README says. A folder the user named
+    (``--output_dir``), or one holding an unfinished run (checkpoints only), is still refused.
+    """
+    recipe = argv[0] if argv and is_recipe_argument(argv[0]) else DEFAULT_RECIPE
+    named = any(argument.split("=", 1)[0] in ("--output_dir", "--output-dir") for argument in argv)
+    if (recipe in builtin_recipes() and not named and not config.resume_from_checkpoint
+            and not config.overwrite_output_dir and holds_finished_run(config.output_dir)):
+        logger.warning("%s holds a finished run of the built-in recipe %r: this run replaces it (give --output_dir "
+                       "to keep it)", config.output_dir, recipe)
+        config.overwrite_output_dir = True
 
 
 def select_layers_main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,10 @@ from transformers import TrainingArguments
 from .errors import unknown_name_message
 from .features import NAMED_LAYERS, POOLINGS
 from .losses import LOSSES, check_loss_options, loss_options_help
+from .weights import DEFAULT_MAX_ABS_WEIGHT
 
 AUTO_LAYERS = "auto"  # teacher_layers: auto = chosen by knowledge quality (hf_pcoh.layers)
+AUTO_POOLING = "auto"  # pooling: auto = a sentence-transformers teacher's own embedding, else mean (hf_pcoh.sentence_embedding)
 
 
 def parse_layer(value: int | str, option: str) -> int | str:
@@ -110,15 +112,38 @@ class DistillationConfig(TrainingArguments):
     dataset_name: str = field(
         default="wordnet_glosses",
         metadata={
-            "help": "Training data: a built-in offline set (wordnet_glosses, fashion_mnist, digits), a folder saved "
-            "with datasets' save_to_disk, or a Hub dataset id."
+            "help": "Training data, anything datasets.load_dataset reads: a built-in offline set (wordnet_glosses, "
+            "fashion_mnist, digits), a folder saved with save_to_disk, a folder of data files (csv, json, parquet, "
+            "text, images: the format is inferred), a packaged format (csv, json, parquet, text, imagefolder...) with "
+            "--dataset_files, or a Hub dataset id ('owner/name' or 'name')."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
+    dataset_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Data files, as load_dataset's data_files: paths or globs, each 'SPLIT=PATH' to name its "
+                  "split (default train), e.g. --dataset_name csv --dataset_files train=train.csv test=test.csv; a "
+                  "folder stands for every file under it (an imagefolder's class folders become its labels)."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the training split (an IterableDataset: rows are read as training goes, shuffled "
+                  "in a buffer; needs --max_steps). The evaluation split is read up to max_eval_samples rows "
+                  "(default 1000)."},
+    )
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str = field(default="test", metadata={"help": "Held-out split used for evaluation."})
     text_column: str | None = field(default=None, metadata={"help": "Column with raw text (text models)."})
     image_column: str | None = field(default=None, metadata={"help": "Column with raw images (vision models)."})
+    teacher_text_column: str | None = field(
+        default=None,
+        metadata={"help": "Column the teacher reads when it differs from the student's, e.g. English sentences for the "
+                  "teacher and their translations (--student_text_column) for a multilingual student (default: "
+                  "text_column)."},
+    )
+    student_text_column: str | None = field(
+        default=None, metadata={"help": "Column the student reads when it differs from the teacher's (default: text_column)."}
+    )
     label_column: str | None = field(
         default=None, metadata={"help": "Column with class labels (for kNN evaluation, CE or the probe); optional."}
     )
@@ -149,11 +174,20 @@ class DistillationConfig(TrainingArguments):
                   "linear probe on its frozen features (no cross-entropy reaches the backbone); needs labels."},
     )
     pooling: str = field(
-        default="mean",
-        metadata={"help": f"How token/map features become one vector per example: one of {POOLINGS}."},
+        default=AUTO_POOLING,
+        metadata={"help": f"How token/map features become one vector per example: one of {POOLINGS}, or 'auto' "
+                  "(default): when the teacher is a sentence-transformers model (a modules.json beside it), its own "
+                  "sentence embedding (its Pooling mode, Dense layers on its last layer, Normalize), the student "
+                  "pooled the same way; otherwise mean. An explicit pooling pools the raw layers, without Dense or "
+                  "Normalize."},
     )
     teacher_pooling: str | None = field(
-        default=None, metadata={"help": "Teacher pooling when it differs from --pooling."}
+        default=None, metadata={"help": "Teacher pooling when it differs from --pooling (the raw layer, pooled)."}
+    )
+    normalize: bool | None = field(
+        default=None,
+        metadata={"help": "L2-normalise the pooled features of both models, as sentence-transformers' Normalize "
+                  "does (default: when pooling is auto and the teacher's sentence-transformers pipeline normalises)."},
     )
     losses: list[str] = field(
         default_factory=lambda: ["perception_coherence"],
@@ -177,15 +211,43 @@ class DistillationConfig(TrainingArguments):
         default=0.0, metadata={"help": "Weight of Hinton logit KD (teacher and student must both output logits)."}
     )
     logit_kd_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
+    teacher_embedding_column: str | None = field(
+        default=None,
+        metadata={"help": "Column of the teacher's embeddings, computed beforehand (e.g. with SentenceTransformer.encode), "
+                  "one vector of the same width per row: the run trains on them and never loads a teacher (no "
+                  "teacher_model_name_or_path or teacher_config needed; one student layer, pooled)."},
+    )
     teacher_cache: str | None = field(
         default=None,
         metadata={"help": "Folder of the teacher-feature cache: the teacher's features are computed once (keyed by a "
-                  "fingerprint of teacher, layers, pooling and data) and training reads them instead of running it."},
+                  "fingerprint of teacher, layers, pooling and data) and training reads them instead of running it. "
+                  "Or 'auto': cached under HF_DATASETS_CACHE when the features fit (half the free memory and disk), "
+                  "are pooled and the data have no on-the-fly transform (augmentation); otherwise the teacher runs "
+                  "live. Default: live."},
     )
     non_finite_loss: str = field(
         default="stop",
-        metadata={"help": "When the loss becomes NaN/inf: 'stop' saves a checkpoint of the last good state and stops "
-                  "with a message naming the loss term and the step; 'skip' drops that batch's update and goes on."},
+        metadata={"help": "When an update's loss or gradients become NaN/inf (checked on every process before the "
+                  "optimizer steps): 'stop' saves a checkpoint of the state before that update and stops with a "
+                  "message naming the loss term and the step; 'skip' drops the whole update (every micro-batch of "
+                  "its gradient-accumulation window, on every process) and goes on."},
+    )
+    max_consecutive_skips: int = field(
+        default=10,
+        metadata={"help": "With non_finite_loss skip: after this many skipped updates in a row, the next non-finite "
+                  "one stops the run as 'stop' does (a run that keeps diverging is not left to skip forever)."},
+    )
+    max_abs_weight: float = field(
+        default=DEFAULT_MAX_ABS_WEIGHT,
+        metadata={"help": "A student or head weight whose magnitude exceeds this (or any NaN/inf weight) means the "
+                  "run diverged: such weights are never saved (result or checkpoint) nor published. Raise it for a "
+                  "model whose weights are legitimately larger; inf turns the bound off."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run already in output_dir (its student, results and checkpoint-* folders). "
+                  "Without it, a folder holding a run is refused unless the run resumes (--resume_from_checkpoint); "
+                  "the built-in recipes' default folders are replaced with a warning."},
     )
     evaluate_after_training: bool = field(
         default=True,
@@ -224,15 +286,20 @@ class DistillationConfig(TrainingArguments):
         self.loss_kwargs = parse_json_option(self.loss_kwargs, "loss_kwargs") or {}
 
     def _check_models(self) -> None:
-        """A teacher and a student, each from a checkpoint or a config."""
-        if not self.teacher_model_name_or_path and not self.teacher_config:
+        """A teacher config names its architecture. Whether a teacher and a student are named at all is checked
+        where they are built from the config (:meth:`check_models_given`): models handed to
+        ``DistillationTrainer(model=..., teacher_model=...)`` need no option here."""
+        if self.teacher_config is not None and "model_type" not in self.teacher_config:
+            raise ValueError(f"teacher_config={self.teacher_config} needs a 'model_type' (e.g. 'bert', 'opt', 'vit')")
+
+    def check_models_given(self, teacher: bool = True, student: bool = True) -> None:
+        """A teacher and a student to build, each from a checkpoint or a config (the CLI and ``build_setup``)."""
+        if teacher and not self.teacher_model_name_or_path and not self.teacher_config and not self.teacher_embedding_column:
             raise ValueError(
                 "no teacher: set teacher_model_name_or_path (a local folder or Hub id, e.g. "
                 "sentence-transformers/all-MiniLM-L6-v2) or teacher_config (a JSON dict with model_type)"
             )
-        if self.teacher_config is not None and "model_type" not in self.teacher_config:
-            raise ValueError(f"teacher_config={self.teacher_config} needs a 'model_type' (e.g. 'bert', 'opt', 'vit')")
-        if not self.student_model_name_or_path and self.student_config is None:
+        if student and not self.student_model_name_or_path and self.student_config is None:
             raise ValueError(
                 "no student: set student_model_name_or_path or student_config (e.g. '{\"num_hidden_layers\": 3}' to "
                 "shrink the teacher's architecture)"
@@ -270,10 +337,10 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"layer_selection_samples={self.layer_selection_samples} is too few (try 2000)")
 
     def _check_pooling(self) -> None:
-        for option in ("pooling", "teacher_pooling"):
-            value = getattr(self, option)
-            if value is not None and value not in POOLINGS:
-                raise ValueError(f"{option}={value!r} is not a pooling; use one of {POOLINGS}")
+        if self.pooling not in (*POOLINGS, AUTO_POOLING):
+            raise ValueError(f"pooling={self.pooling!r} is not a pooling; use one of {POOLINGS} or {AUTO_POOLING!r}")
+        if self.teacher_pooling is not None and self.teacher_pooling not in POOLINGS:
+            raise ValueError(f"teacher_pooling={self.teacher_pooling!r} is not a pooling; use one of {POOLINGS}")
 
     def _check_losses(self) -> None:
         """Known loss names, one non-negative weight each (default 1.0)."""
@@ -317,18 +384,49 @@ class DistillationConfig(TrainingArguments):
     def _check_data_and_run_options(self) -> None:
         if self.non_finite_loss not in ("stop", "skip"):
             raise ValueError(f"non_finite_loss={self.non_finite_loss!r} must be 'stop' or 'skip'")
+        if self.max_steps == 0 or (self.max_steps < 0 and not self.num_train_epochs > 0):
+            # (the Trainer reads max_steps 0 as "not set" and trains num_train_epochs instead)
+            raise ValueError(f"max_steps={self.max_steps} with num_train_epochs={self.num_train_epochs} would train 0 "
+                             "steps: give max_steps >= 1, or max_steps -1 and num_train_epochs > 0")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips={self.max_consecutive_skips} must be >= 1 (non_finite_loss stop "
+                             "stops at the first non-finite update)")
+        if not self.max_abs_weight > 0:
+            raise ValueError(f"max_abs_weight={self.max_abs_weight} must be > 0 (default {DEFAULT_MAX_ABS_WEIGHT:g}; "
+                             "inf turns the bound off)")
         if self.padding_side not in (None, "left", "right"):
             raise ValueError(f"padding_side={self.padding_side!r} must be 'left' or 'right'")
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be at least 2 tokens")
-        if self.text_column and self.image_column:
-            raise ValueError("give text_column or image_column, not both")
+        if self.image_column and (self.text_column or self.teacher_text_column or self.student_text_column):
+            raise ValueError("give text columns or image_column, not both")
+        if self.streaming and self.max_steps < 1:
+            raise ValueError("streaming: a streamed data set has no length, so the run needs --max_steps (the number of "
+                             "updates to train)")
+        if self.streaming and self.teacher_cache not in (None, "auto"):
+            raise ValueError(f"teacher_cache={self.teacher_cache!r} stores features per row of a whole training set; a "
+                             "streamed one is read as it goes: drop --teacher_cache or --streaming")
+        self._check_teacher_embedding_column()
         for option in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, option)
             if value is not None and value < 1:
                 raise ValueError(f"{option}={value} must be a positive number of rows")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs --hub_model_id USER/NAME: the Hub repo the student is published to")
+
+    def _check_teacher_embedding_column(self) -> None:
+        """Precomputed teacher embeddings are one pooled vector per row: one layer pair, no teacher to run."""
+        if not self.teacher_embedding_column:
+            return
+        option = f"teacher_embedding_column={self.teacher_embedding_column!r}"
+        if len(self.student_layers) != 1 or self.teacher_layers_auto:
+            raise ValueError(f"{option} holds one embedding per row: give one student layer (--student_layers last) "
+                             "and no teacher_layers auto")
+        refused = {"teacher_cache": self.teacher_cache, "logit_kd_weight > 0": self.logit_kd_weight > 0,
+                   "student_init_from_teacher": self.student_init_from_teacher, "pooling none": self.pooling == "none"}
+        for name, given in refused.items():
+            if given:
+                raise ValueError(f"{option} trains without loading the teacher, so {name} cannot apply: drop it")
 
     def _check_batch_size(self) -> None:
         """Batch-level losses compare the points of a batch: each needs its minimum batch size."""

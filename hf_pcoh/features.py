@@ -5,19 +5,26 @@
 
 * ``cls``: the first token (BERT's [CLS], ViT's class token);
 * ``mean``: the mean over non-padding tokens (sentence-transformers' pooling);
+* ``max``: the largest value of each dimension over the non-padding tokens (sentence-transformers' max pooling);
 * ``last_token``: the last non-padding token, for decoders (OPT), whichever side the padding is on;
 * ``gap``: global average pooling of vision feature maps ``[B, C, H, W] -> [B, C]`` (or of all tokens);
 * ``none``: no pooling: tokens ``[B, T, d]`` with their mask, for token-level losses.
+
+After pooling, an extractor may apply a ``projection`` (a sentence-transformers teacher's Dense layers)
+and L2-normalise (``normalize``, sentence-transformers' Normalize): see :mod:`hf_pcoh.sentence_embedding`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 from transformers.utils import ModelOutput
 
-POOLINGS = ("cls", "mean", "last_token", "gap", "none")
+POOLINGS = ("cls", "mean", "max", "last_token", "gap", "none")
 NAMED_LAYERS = ("last", "pooler")  # layers named rather than indexed: last_hidden_state, pooler_output
 
 
@@ -87,6 +94,9 @@ def pool(activations: torch.Tensor, pooling: str, attention_mask: torch.Tensor |
     if pooling in ("mean", "gap"):
         weights = attention_mask.to(activations.dtype).unsqueeze(-1)
         return Features((activations * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
+    if pooling == "max":
+        padding = (attention_mask == 0).unsqueeze(-1)
+        return Features(activations.masked_fill(padding, torch.finfo(activations.dtype).min).max(dim=1).values)
     if pooling == "last_token":
         rows = torch.arange(activations.shape[0], device=activations.device)
         return Features(activations[rows, last_token_index(attention_mask)])
@@ -97,14 +107,42 @@ def pool(activations: torch.Tensor, pooling: str, attention_mask: torch.Tensor |
 
 @dataclass
 class FeatureExtractor:
-    """Pick ``layer`` of a model's outputs and pool it: ``extractor(outputs, attention_mask) -> Features``."""
+    """Pick ``layer`` of a model's outputs and pool it: ``extractor(outputs, attention_mask) -> Features``.
+
+    ``projection`` (a frozen module ``[B, d] -> [B, d']``, e.g. a sentence-transformers teacher's Dense
+    layers) is applied to the pooled features, then ``normalize`` scales each row to unit L2 norm.
+    """
 
     layer: int | str = "last"
     pooling: str = "mean"
     model_name: str = "model"
+    normalize: bool = False
+    projection: nn.Module | None = field(default=None, compare=False, repr=False)
 
     def __call__(self, outputs: ModelOutput, attention_mask: torch.Tensor | None = None) -> Features:
         activations = select_layer(outputs, self.layer, self.model_name)
         if activations.dim() == 3 and attention_mask is not None and activations.shape[1] != attention_mask.shape[1]:
             attention_mask = None  # e.g. ViT tokens: no padding, the mask belongs to something else
-        return pool(activations, self.pooling, attention_mask)
+        features = pool(activations, self.pooling, attention_mask)
+        if features.mask is not None or (self.projection is None and not self.normalize):
+            return features  # tokens (pooling 'none') are compared as they are
+        values = features.values
+        if self.projection is not None:
+            values = self.projection.to(device=values.device, dtype=values.dtype)(values)
+        if self.normalize:
+            values = nn.functional.normalize(values, p=2, dim=-1)
+        return Features(values)
+
+    def fingerprint(self) -> list[Any]:
+        """What the features depend on besides the model: ``[layer, pooling]``, plus the normalisation and a
+        digest of the projection's weights when there are any (the teacher-feature cache is keyed on it)."""
+        settings: list[Any] = [str(self.layer), self.pooling]
+        if self.normalize:
+            settings.append("normalize")
+        if self.projection is not None:
+            digest = hashlib.sha256(repr(self.projection).encode())
+            for name, tensor in sorted(self.projection.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            settings.append(f"projection:{digest.hexdigest()[:16]}")
+        return settings

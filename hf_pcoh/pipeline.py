@@ -11,10 +11,12 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import PreTrainedModel
 
 from . import __version__
@@ -25,12 +27,17 @@ from .artifacts import (
     LAYER_QUALITY_TABLE_FILE,
     write_json,
 )
+from .checkpoints import check_checkpoint_files
 from .config import DistillationConfig
+from .data import first_rows, is_streamed
 from .evaluation import compare_teacher_and_student
 from .hub import publish, write_model_card
 from .models import count_parameters
+from .output_dir import OutputDirClaim, claim_output_dir
 from .probe_head import fit_head_by_probe, head_accuracy
+from .sentence_embedding import resolve_embedding
 from .setup import DistillationSetup, build_setup, embedding_extractors, prepare_splits
+from .sharding import is_sharded_run, whole_model
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -63,19 +70,36 @@ def run_distillation(config: DistillationConfig) -> DistillationResult:
     options) the finished folder is published by :func:`hf_pcoh.hub.publish` once everything is written,
     rather than by the Trainer at every save: the card needs the evaluation, and an offline or
     token-less machine must still end with a complete folder.
+
+    The run holds ``output_dir`` throughout (:func:`hf_pcoh.output_dir.claim_output_dir`): one run at a time,
+    and a folder that holds a run is only replaced with ``overwrite_output_dir`` (or continued on resume).
     """
+    resuming = bool(config.resume_from_checkpoint)
+    with claim_output_dir(config.output_dir, resuming, config.overwrite_output_dir, writes=config.should_save,
+                          device=config.device) as claim:
+        return run_steps(config, claim)
+
+
+def run_steps(config: DistillationConfig, claim: OutputDirClaim) -> DistillationResult:
+    """The steps of :func:`run_distillation`, in ``output_dir`` once it is held."""
+    if config.resume_from_checkpoint:
+        check_checkpoint_files(config.resume_from_checkpoint)
     setup = build_setup(config)
-    trainer, train_metrics = train_student(setup)
-    student = trainer.accelerator.unwrap_model(trainer.model).student
-    if config.fit_head_by_probe:
-        fit_probe_head(setup, student)
-    save_student(trainer)
+    # The previous run in output_dir (overwrite_output_dir) goes only once every input is checked.
+    trainer, train_metrics = train_student(setup, before_training=claim.clear_previous_run)
+    if is_sharded_run(trainer.accelerator):  # FSDP, ZeRO-3: whole copies on the main process (None elsewhere)
+        student, teacher = save_sharded_student(setup, trainer)
+    else:
+        student, teacher = trainer.accelerator.unwrap_model(trainer.model).student, setup.teacher
+        if config.fit_head_by_probe:
+            fit_probe_head(setup, student)
+        save_student(trainer)
     evaluation = None
     if trainer.args.should_save:  # one process writes the run's files
         write_provenance(setup, trainer)
         write_layer_table(setup)
-        if config.evaluate_after_training and setup.eval_dataset is not None:
-            evaluation = evaluate_student_against_teacher(setup, student, trainer.args.device)
+        if config.evaluate_after_training and setup.eval_dataset is not None and student is not None:
+            evaluation = evaluate_student_against_teacher(setup, student, trainer.args.device, teacher)
             write_json(os.path.join(config.output_dir, EVAL_RESULTS_FILE), evaluation)
         write_card(config.output_dir)
         publish_if_asked(config)
@@ -85,8 +109,12 @@ def run_distillation(config: DistillationConfig) -> DistillationResult:
 # ---- the steps, in the order run_distillation takes them ----------------------------------------------
 
 
-def train_student(setup: DistillationSetup) -> tuple[DistillationTrainer, dict[str, float]]:
-    """Train (resuming from ``resume_from_checkpoint`` when given); return the trainer and its metrics."""
+def train_student(
+    setup: DistillationSetup, before_training: Callable[[], None] | None = None
+) -> tuple[DistillationTrainer, dict[str, float]]:
+    """Train (resuming from ``resume_from_checkpoint`` when given); return the trainer and its metrics.
+
+    ``before_training`` runs once the trainer is built (its checks passed) and before the first step."""
     config = setup.config
     # The Trainer would push at every save; publish_if_asked pushes the finished folder once instead.
     trainer_args = dataclasses.replace(config, push_to_hub=False) if config.push_to_hub else config
@@ -98,6 +126,8 @@ def train_student(setup: DistillationSetup) -> tuple[DistillationTrainer, dict[s
         eval_dataset=setup.eval_dataset if config.eval_strategy != "no" else None,
         collator=setup.collator,
     )
+    if before_training is not None:
+        before_training()
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     return trainer, dict(train_output.metrics)
 
@@ -107,7 +137,7 @@ def fit_probe_head(setup: DistillationSetup, student: PreTrainedModel, max_sampl
     label_column = setup.collator.label_column
     if label_column is None:
         raise ValueError("fit_head_by_probe needs class labels: set label_column")
-    sample = setup.train_dataset.select(range(min(max_samples, len(setup.train_dataset))))
+    sample = first_rows(setup.train_dataset, max_samples)
     fit_head_by_probe(
         student, setup.collator.student_processor, sample[setup.collator.input_column],
         np.asarray(sample[label_column]), setup.modality, max_length=setup.config.max_length,
@@ -121,6 +151,30 @@ def save_student(trainer: DistillationTrainer) -> None:
     trainer.save_state()
 
 
+def save_sharded_student(
+    setup: DistillationSetup, trainer: DistillationTrainer
+) -> tuple[PreTrainedModel | None, torch.nn.Module | None]:
+    """:func:`fit_probe_head` and :func:`save_student` when FSDP or ZeRO-3 shard the models across processes.
+
+    Every process takes part in gathering whole copies of the trained student (with the heads' state) and,
+    for the evaluation, of the teacher; the main process fits the probe head on its copy and saves it, as
+    ``save_model`` would have. Returns ``(student, teacher)`` on the main process, ``(None, None)`` elsewhere.
+    """
+    config = setup.config
+    distillation_model = trainer.accelerator.unwrap_model(trainer.model)
+    student, state_dict = whole_model(trainer.accelerator, trainer.model_wrapped, distillation_model.student, "student.")
+    teacher = None
+    if config.evaluate_after_training and setup.eval_dataset is not None and setup.teacher is not None:
+        teacher, _ = whole_model(trainer.accelerator, trainer.teacher, setup.teacher)
+    if student is not None:
+        if config.fit_head_by_probe:
+            fit_probe_head(setup, student)
+        state_dict.update({f"student.{key}": value for key, value in student.state_dict().items()})
+        trainer._save(config.output_dir, state_dict=state_dict)
+    trainer.save_state()
+    return student, teacher
+
+
 def write_provenance(setup: DistillationSetup, trainer: DistillationTrainer) -> None:
     write_json(os.path.join(setup.config.output_dir, DISTILLATION_CONFIG_FILE), describe_run(setup, trainer))
 
@@ -128,22 +182,19 @@ def write_provenance(setup: DistillationSetup, trainer: DistillationTrainer) -> 
 def describe_run(setup: DistillationSetup, trainer: DistillationTrainer) -> dict[str, Any]:
     """The provenance written to ``distillation_config.json`` (read by evaluate.py and the model card)."""
     config = setup.config
-    student_extractor, teacher_extractor = embedding_extractors(config)
+    student_extractor, teacher_extractor = embedding_extractors(config, setup.teacher)
     recipe = {key: value for key, value in config.distillation_fields().items()}
     return {
         "hf_pcoh_version": __version__,
         "recipe": json.loads(json.dumps(recipe, default=str)),
-        "teacher": {
-            "name_or_path": config.teacher_model_name_or_path or "config",
-            "model_type": setup.teacher.config.model_type,
-            "parameters": count_parameters(setup.teacher),
-        },
+        "teacher": describe_teacher(config, setup.teacher),
         "student": {"model_type": setup.student.config.model_type, "parameters": count_parameters(setup.student)},
         "dataset": {
             "name": config.dataset_name,
-            "train_samples": len(setup.train_dataset),
+            "train_samples": None if is_streamed(setup.train_dataset) else len(setup.train_dataset),
             "eval_samples": len(setup.eval_dataset) if setup.eval_dataset is not None else 0,
             ("image_column" if setup.modality == "vision" else "text_column"): setup.collator.input_column,
+            **({"teacher_text_column": setup.collator.teacher_input_column} if setup.collator.teacher_input_column else {}),
             "label_column": setup.collator.label_column,
         },
         "terms": [
@@ -161,10 +212,25 @@ def describe_run(setup: DistillationSetup, trainer: DistillationTrainer) -> dict
             "teacher_layer": teacher_extractor.layer,
             "pooling": student_extractor.pooling,
             "teacher_pooling": teacher_extractor.pooling,
+            **resolve_embedding(config, setup.teacher).describe(),
         },
         "layer_selection": setup.extra["layer_choice"].to_dict() if "layer_choice" in setup.extra else None,
         "modality": setup.modality,
         "task": "image-feature-extraction" if setup.modality == "vision" else "feature-extraction",
+    }
+
+
+def describe_teacher(config: DistillationConfig, teacher: torch.nn.Module | None) -> dict[str, Any]:
+    """The teacher in ``distillation_config.json``: its name, architecture and size; with precomputed
+    embeddings (no teacher loaded), the column they were read from and the teacher's name when given."""
+    if teacher is None:
+        column = config.teacher_embedding_column
+        return {"name_or_path": config.teacher_model_name_or_path or f"embeddings precomputed in column {column!r}",
+                "embedding_column": column}
+    return {
+        "name_or_path": config.teacher_model_name_or_path or getattr(teacher, "name_or_path", None) or "config",
+        "model_type": teacher.config.model_type,
+        "parameters": count_parameters(teacher),
     }
 
 
@@ -179,18 +245,23 @@ def write_layer_table(setup: DistillationSetup) -> None:
     choice.plot(os.path.join(output_dir, LAYER_QUALITY_PLOT_FILE))
 
 
-def evaluate_student_against_teacher(setup: DistillationSetup, student: PreTrainedModel, device: Any) -> dict[str, Any]:
-    """The trained student beside its teacher on the held-out split (and its probe head's accuracy)."""
+def evaluate_student_against_teacher(
+    setup: DistillationSetup, student: PreTrainedModel, device: Any, teacher: torch.nn.Module | None = None
+) -> dict[str, Any]:
+    """The trained student beside its teacher (``setup.teacher`` unless another copy is given) on the held-out
+    split (and its probe head's accuracy)."""
     config = setup.config
-    student_extractor, teacher_extractor = embedding_extractors(config)
+    student_extractor, teacher_extractor = embedding_extractors(config, setup.teacher)
     evaluation = compare_teacher_and_student(
-        teacher=setup.teacher,
+        teacher=setup.teacher if teacher is None else teacher,
         student=student,
         teacher_processor=setup.collator.teacher_processor,
         student_processor=setup.collator.student_processor,
         train_dataset=setup.train_dataset,
         eval_dataset=setup.eval_dataset,
         input_column=setup.collator.input_column,
+        teacher_input_column=setup.collator.teacher_input_column,
+        teacher_embedding_column=setup.collator.teacher_embedding_column,
         label_column=setup.collator.label_column,
         modality=setup.modality,
         student_extractor=student_extractor,
@@ -215,4 +286,5 @@ def write_card(output_dir: str) -> None:
 
 def publish_if_asked(config: DistillationConfig) -> None:
     if config.push_to_hub:
-        publish(config.output_dir, config.hub_model_id, private=bool(config.hub_private_repo), token=config.hub_token)
+        publish(config.output_dir, config.hub_model_id, private=bool(config.hub_private_repo), token=config.hub_token,
+                max_abs_weight=config.max_abs_weight)

@@ -2,10 +2,18 @@
 
 The features of every layer pair (and the logits, when logit KD needs them) are added to the training
 set as columns by a batched ``datasets.map`` and saved as Arrow under ``DIR/<fingerprint>``. The
-fingerprint covers the teacher's weights and config, its processor, the layers and pooling, and the
-exact training rows, so any change to them computes a new cache instead of reading a stale one.
+fingerprint covers the teacher's weights and config, its processor, the layers, pooling and post-pooling
+(Dense, Normalize), and the exact training rows, so any change to them computes a new cache instead of
+reading a stale one.
 Cached features are only right when every epoch shows the teacher the same inputs: a data set with an
 on-the-fly transform (augmentation) is refused.
+Texts are embedded in order of length (as sentence-transformers' ``encode`` does), so that each batch is
+padded to about its own texts' length; the rows are stored in the training set's order.
+
+``--teacher_cache auto`` caches, under ``HF_DATASETS_CACHE``, only when that is sure to be right and to fit:
+a map-style training set without an on-the-fly transform, pooled features, and features that take at most
+half the free memory and half the free disk; otherwise the teacher runs live, as without the option
+(:func:`resolve_cache_dir` logs why).
 """
 
 from __future__ import annotations
@@ -18,12 +26,13 @@ import shutil
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from datasets import Dataset
 
 from .collator import CACHED_LOGITS_COLUMN, cached_feature_column, process
 from .features import FeatureExtractor
-from .trainer import run_teacher
+from .frozen_teacher import run_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,7 @@ def teacher_fingerprint(
     settings = {
         "config": teacher.config.to_json_string() if hasattr(teacher, "config") else type(teacher).__name__,
         "processor": processor.to_json_string() if hasattr(processor, "to_json_string") else repr(processor),
-        "layers": [(str(e.layer), e.pooling) for e in extractors],
+        "layers": [extractor.fingerprint() for extractor in extractors],
         "rows": dataset._fingerprint,
         "input_column": input_column,
         "max_length": max_length,
@@ -94,10 +103,82 @@ def add_cached_teacher_features(
         return columns
 
     logger.info("computing teacher features for %d rows into %s", len(dataset), target)
-    cached = dataset.map(teacher_columns, batched=True, batch_size=batch_size, desc="teacher features",
-                         load_from_cache_file=False, new_fingerprint=fingerprint)
+    order = np.argsort([len(text) for text in dataset[input_column]], kind="stable") if modality == "text" else None
+    source = dataset if order is None else dataset.select(order)  # texts of similar length share a batch
+    cached = source.map(teacher_columns, batched=True, batch_size=batch_size, desc="teacher features",
+                        load_from_cache_file=False, new_fingerprint=fingerprint)
+    if order is not None:
+        cached = cached.select(np.argsort(order))  # back to the training set's order
     partial = f"{target}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     cached.save_to_disk(partial)
     os.replace(partial, target)  # an interrupted run never leaves a half-written cache under the final name
     return datasets.load_from_disk(target)
+
+
+AUTO_CACHE = "auto"  # teacher_cache: auto
+
+
+def auto_cache_dir() -> str:
+    """Where ``teacher_cache: auto`` keeps the features: beside datasets' own cache (``HF_DATASETS_CACHE``)."""
+    return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "hf_pcoh_teacher_features")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for this process now (Linux), or None where that cannot be read."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def free_disk(folder: str) -> int:
+    """Bytes free on the file system that ``folder`` is (or would be created) on."""
+    existing = os.path.abspath(folder)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    return shutil.disk_usage(existing).free
+
+
+def auto_cache_refusal(
+    dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
+    modality: str, max_length: int, with_logits: bool, cache_dir: str,
+) -> str | None:
+    """Why ``teacher_cache: auto`` leaves the teacher live on this run, or None when its features are cached."""
+    if not isinstance(dataset, Dataset):
+        return "the training set is streamed"
+    if dataset.format.get("type") == "custom":
+        return "the training set has an on-the-fly transform (augmentation): the teacher must see each epoch's inputs"
+    if len(dataset) < 2:
+        return "the training set has fewer than 2 rows"
+    device = next(teacher.parameters()).device
+    inputs = process(processor, list(dataset.select(range(2))[input_column]), modality, max_length)
+    features, logits = run_teacher(teacher, {name: tensor.to(device) for name, tensor in inputs.items()}, extractors)
+    if any(feature.values.dim() != 2 for feature in features):
+        return "pooling 'none' gives tokens, and only pooled features are cached"
+    width = sum(feature.dim for feature in features) + (logits.shape[-1] if with_logits and logits is not None else 0)
+    needed = len(dataset) * width * 4  # float32
+    memory, disk = available_memory(), free_disk(cache_dir)
+    if memory is not None and needed > memory / 2:
+        return f"the features ({needed / 2**30:.2f} GiB) would take more than half the free memory"
+    if needed > disk / 2:
+        return f"the features ({needed / 2**30:.2f} GiB) would take more than half the free disk at {cache_dir}"
+    return None
+
+
+def resolve_cache_dir(
+    cache_dir: str | None, dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor],
+    input_column: str, modality: str, max_length: int, with_logits: bool,
+) -> str | None:
+    """The folder of the teacher-feature cache of a run, or None when the teacher runs live: ``cache_dir`` as
+    given, and for ``auto`` :func:`auto_cache_dir` unless :func:`auto_cache_refusal` finds a reason not to."""
+    if cache_dir != AUTO_CACHE:
+        return cache_dir
+    folder = auto_cache_dir()
+    reason = auto_cache_refusal(dataset, teacher, processor, extractors, input_column, modality, max_length,
+                                with_logits, folder)
+    if reason is not None:
+        logger.info("teacher_cache auto: the teacher runs live, as %s", reason)
+        return None
+    logger.info("teacher_cache auto: the teacher's features are computed once, into %s", folder)
+    return folder

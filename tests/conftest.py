@@ -39,3 +39,21 @@ def digits_processor_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("digits_processor")
     ViTImageProcessor(do_resize=False, image_mean=[0.3], image_std=[0.4]).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_finished_run(tmp_path_factory: pytest.TempPathFactory, minilm_path: str):
+    """A finished tiny run through the command line (2 steps, a checkpoint after each), to copy, never to change."""
+    import json
+
+    from hf_pcoh.cli import distill_main
+    from tiny_models import TINY_BERT
+
+    folder = tmp_path_factory.mktemp("tiny_finished_run") / "run"
+    code = distill_main(["opt-wordnet", "--teacher_config", json.dumps(TINY_BERT), "--teacher_processor_name_or_path",
+                         MINILM, "--student_config", '{"num_hidden_layers": 1}', "--max_train_samples", "16",
+                         "--max_eval_samples", "24", "--max_steps", "2", "--save_steps", "1",
+                         "--per_device_train_batch_size", "8", "--losses", "perception_coherence",
+                         "--disable_tqdm", "true", "--output_dir", str(folder)])
+    assert code == 0
+    return folder

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 
 import pytest
 
@@ -65,7 +67,7 @@ BAD_INPUTS = {
                                                     "the student's tokenizer has 30522 tokens but the student model's vocab_size is 1000"),
     "batch-level loss with a batch of 1": (["--per_device_train_batch_size", "1"], "per_device_train_batch_size=1 is too small"),
     "mismatched layer lists": (["--student_layers", "1", "2", "--teacher_layers", "1"], "must have the same length"),
-    "unknown pooling": (["--pooling", "max"], "pooling='max' is not a pooling"),
+    "unknown pooling": (["--pooling", "median"], "pooling='median' is not a pooling"),
     "negative weight": (["--loss_weights", "-1"], "weights must be >= 0"),
     "bad loss option": (["--loss_kwargs", '{"perception_coherence": {"temperature": 0}}'], "temperature=0 must be > 0"),
     "wrong type": (["--per_device_train_batch_size", "eight"], "--per-device-train-batch-size: invalid int value: 'eight'"),
@@ -76,19 +78,122 @@ BAD_INPUTS = {
     "unknown dataset": (["--dataset_name", "wordnet"], "unknown built-in dataset 'wordnet'"),
     "bad non-finite policy": (["--non_finite_loss", "ignore"], "non_finite_loss='ignore' must be 'stop' or 'skip'"),
     "push without a repo id": (["--push_to_hub"], "push_to_hub needs --hub_model_id USER/NAME"),
+    # fail safe (issue 18): rows built by a function of (tmp_path, request) give (recipe, extra arguments)
+    "malformed YAML recipe": (lambda tmp, request: (written(tmp / "bad.yaml", "losses: [perception_coherence\nseed: 1\n"), []),
+                              "bad.yaml is not valid YAML at line 2, column 5"),
+    "loss_kwargs options that are not a mapping": (["--loss_kwargs", '{"perception_coherence": 5}'],
+                                                   "the options of loss 'perception_coherence' must be a mapping"),
+    "loss_kwargs that is not an object": (["--loss_kwargs", "[1]"], "loss_kwargs must be a JSON object (dict), got [1]"),
+    "an empty train split": (lambda tmp, request: ("opt-wordnet", ["--dataset_name", empty_train_split(tmp)]),
+                             "split 'train' of "),
+    "None in the text column": (lambda tmp, request: ("opt-wordnet", ["--dataset_name", saved_texts(tmp, ["a cat", None, "a dog", "a fish"])]),
+                                "text_column='text': 4 row(s) have no text (None), e.g. rows [1, 5, 9, 13]"),
+    "texts that are all empty or whitespace": (lambda tmp, request: ("opt-wordnet", ["--dataset_name", saved_texts(tmp, ["", "  ", "\n", "\t "])]),
+                                               "every one of its 16 texts is empty or whitespace"),
+    "a missing label": (lambda tmp, request: ("opt-wordnet", ["--dataset_name", saved_texts(tmp, ["a cat", "a dog", "a fish", "a bird"], [0, None, 1, 0])]),
+                        "4 row(s) have no label (None) in label_column='label'"),
+    "output_dir that is a file": (lambda tmp, request: ("opt-wordnet", ["--output_dir", written(tmp / "a_file", "keep me")]),
+                                  "is a file, not a folder"),
+    "output_dir that cannot be written": (lambda tmp, request: ("opt-wordnet", ["--output_dir", unwritable_folder(tmp)]),
+                                          "is not writable"),
+    "fewer rows than one batch": (["--max_train_samples", "4"],
+                                  "the training set has 4 rows, fewer than one batch of 8 (per_device_train_batch_size=8 x 1 process(es))"),
+    "max_steps 0": (["--max_steps", "0"], "max_steps=0 with num_train_epochs=1 would train 0 steps"),
+    "max_consecutive_skips 0": (["--max_consecutive_skips", "0"], "max_consecutive_skips=0 must be >= 1"),
+    "max_abs_weight 0": (["--max_abs_weight", "0"], "max_abs_weight=0.0 must be > 0"),
+    "a new run into a finished run": (lambda tmp, request: ("opt-wordnet", ["--output_dir", copied_run(tmp, request)]),
+                                      "already holds a finished run, which is never replaced silently: resume it with "
+                                      "--resume_from_checkpoint"),
+    "a truncated distillation_heads.safetensors on resume": (
+        lambda tmp, request: ("opt-wordnet", resume_damaged(tmp, request, "distillation_heads.safetensors")),
+        "is damaged or incomplete: distillation_heads.safetensors: its header claims"),
+    "a truncated model.safetensors on resume": (
+        lambda tmp, request: ("opt-wordnet", resume_damaged(tmp, request, "model.safetensors")),
+        "is damaged or incomplete: model.safetensors: "),
+    "a truncated optimizer.pt on resume": (
+        lambda tmp, request: ("opt-wordnet", resume_damaged(tmp, request, "optimizer.pt")),
+        "is damaged or incomplete: optimizer.pt: not a whole archive"),
+    "resuming with another student shape": (
+        lambda tmp, request: ("opt-wordnet", [*resume_damaged(tmp, request, None), "--student_config",
+                                              '{"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32}']),
+        "holds a student of another shape than this run builds (hidden_size 32 in the checkpoint, 16 here"),
 }
 
 
+def written(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def saved_texts(tmp_path, texts: list, labels: list | None = None) -> str:
+    """A data set folder (save_to_disk) whose train split repeats ``texts`` 4 times."""
+    from datasets import Dataset, DatasetDict
+
+    folder = tmp_path / "data"
+    train = {"text": texts * 4, "label": (labels or [0, 1] * (len(texts) // 2)) * 4}
+    test = {"text": ["a cat", "a dog", "an oak", "a fish"] * 6, "label": [0, 1, 0, 1] * 6}
+    DatasetDict({"train": Dataset.from_dict(train), "test": Dataset.from_dict(test)}).save_to_disk(str(folder))
+    return str(folder)
+
+
+def empty_train_split(tmp_path) -> str:
+    """datasets cannot save an empty split: save one row, then empty its Arrow file."""
+    import glob
+
+    import pyarrow as pa
+    from datasets import load_from_disk
+
+    folder = saved_texts(tmp_path, ["a cat", "a dog"])
+    arrow = glob.glob(os.path.join(folder, "train", "*.arrow"))[0]
+    empty = load_from_disk(folder)["train"].data.table.slice(0, 0)
+    with pa.OSFile(arrow, "wb") as sink, pa.ipc.new_stream(sink, empty.schema) as writer:
+        writer.write_table(empty)
+    return folder
+
+
+def unwritable_folder(tmp_path) -> str:
+    if os.geteuid() == 0:  # root writes through permissions: a sysfs path refuses even root
+        return "/sys/hf_pcoh_test_output"
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return str(folder / "out")
+
+
+def copied_run(tmp_path, request) -> str:
+    copy = tmp_path / "finished_run"
+    shutil.copytree(request.getfixturevalue("tiny_finished_run"), copy)
+    return str(copy)
+
+
+def resume_damaged(tmp_path, request, name: str | None) -> list[str]:
+    """Resume the copy of a finished tiny run from its checkpoint-2, with ``name`` there cut to half its length."""
+    run = copied_run(tmp_path, request)
+    checkpoint = os.path.join(run, "checkpoint-2")
+    if name is not None:
+        path = os.path.join(checkpoint, name)
+        with open(path, "r+b") as stream:
+            stream.truncate(os.path.getsize(path) // 2)
+    return ["--output_dir", run, "--resume_from_checkpoint", checkpoint, "--max_steps", "3"]
+
+
+def files_under(folder) -> dict[str, str]:
+    return {str(path): hashlib.md5(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_gets_a_clear_error_before_training(case, tmp_path, capsys, minilm_path) -> None:
+def test_bad_input_gets_a_clear_error_before_training(case, tmp_path, capsys, minilm_path, request) -> None:
     extra, message = BAD_INPUTS[case]
+    recipe, extra = extra(tmp_path, request) if callable(extra) else ("opt-wordnet", extra)
     output_dir = tmp_path / "out"
-    code = distill_main(["opt-wordnet", *TEXT_RUN, *extra, "--output_dir", str(output_dir)])
+    before = files_under(tmp_path)
+    code = distill_main([recipe, *TEXT_RUN, "--output_dir", str(output_dir), *extra])
     captured = capsys.readouterr()
     assert code == 2
     assert message in captured.err, captured.err
     assert "Traceback" not in captured.err
     assert not output_dir.exists() or not os.listdir(output_dir)
+    assert files_under(tmp_path) == before  # nothing written, nothing lost (a prepared run folder included)
 
 
 def test_push_to_hub_without_a_token_leaves_a_complete_folder_and_says_so(tmp_path, capsys, monkeypatch, minilm_path) -> None:
@@ -147,3 +252,65 @@ def test_losses_on_the_command_line_drop_the_recipes_options_for_other_losses() 
     with pytest.raises(ValueError, match="does not use"):  # options the user typed are checked, not dropped
         parse_distillation_args(["minilm-wordnet", "--losses", "cka", "--loss_kwargs", '{"gram": {}}',
                                  "--output_dir", "unused"])
+
+
+def evaluate_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "evaluate.py")
+    spec = importlib.util.spec_from_file_location("evaluate_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def edited_recipe(tmp_path, request, change) -> str:
+    run = copied_run(tmp_path, request)
+    path = os.path.join(run, "distillation_config.json")
+    with open(path) as stream:
+        description = json.load(stream)
+    change(description["recipe"])
+    with open(path, "w") as stream:
+        json.dump(description, stream)
+    return run
+
+
+EVALUATE_BAD_INPUTS = {
+    "a field of the wrong type": (lambda recipe: recipe.update(per_device_train_batch_size="eight"),
+                                  "distillation_config.json: recipe field per_device_train_batch_size='eight' is a str, expected int"),
+    "an unknown field": (lambda recipe: recipe.update(teacher_model_name_or_pth="x"),
+                         "distillation_config.json: recipe unknown field 'teacher_model_name_or_pth'. Did you mean 'teacher_model_name_or_path'"),
+    "a value the config refuses": (lambda recipe: recipe.update(pooling="median"),
+                                   "distillation_config.json: pooling='median' is not a pooling"),
+}
+
+
+@pytest.mark.parametrize("case", list(EVALUATE_BAD_INPUTS))
+def test_evaluate_script_refuses_a_bad_distillation_config_in_one_line(case, tmp_path, capsys, request) -> None:
+    change, message = EVALUATE_BAD_INPUTS[case]
+    run = edited_recipe(tmp_path, request, change)
+    before = files_under(tmp_path)
+    code = evaluate_script().main([run, "--max_eval_samples", "24"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert files_under(tmp_path) == before
+
+
+def test_string_labels_become_class_ids_shared_by_every_split(tmp_path, capsys, minilm_path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from hf_pcoh.setup import encode_string_labels
+
+    data = tmp_path / "data"
+    train = {"text": ["a cat", "an oak", "a dog", "a rose"] * 4, "label": ["animal", "plant", "animal", "plant"] * 4}
+    test = {"text": ["a fish", "a fern"] * 12, "label": ["animal", "plant"] * 12}
+    DatasetDict({"train": Dataset.from_dict(train), "test": Dataset.from_dict(test)}).save_to_disk(str(data))
+    config = parse_distillation_args(["opt-wordnet", *TEXT_RUN, "--dataset_name", str(data)])
+    splits = encode_string_labels(config, DatasetDict({"train": Dataset.from_dict(train), "test": Dataset.from_dict(test)}))
+    assert splits["train"].features["label"].names == ["animal", "plant"]
+    assert splits["test"]["label"][:2] == [0, 1] and splits["train"]["label"][:2] == [0, 1]
+    output_dir = tmp_path / "out"
+    code = distill_main(["opt-wordnet", *TEXT_RUN, "--dataset_name", str(data), "--max_eval_samples", "24",
+                         "--output_dir", str(output_dir)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((output_dir / "eval_results.json").read_text())["student"]["knn_accuracy@10"] >= 0

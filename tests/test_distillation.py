@@ -129,6 +129,7 @@ def test_real_minilm_teacher_run_writes_student_provenance_and_comparison(tmp_pa
     assert teacher["knn_accuracy@10"] > 1 / 45
 
 
+@pytest.mark.slow  # a real MiniLM run, then the script in a subprocess
 def test_evaluate_script_measures_a_saved_run_again(tmp_path, minilm_path) -> None:
     import subprocess
     import sys

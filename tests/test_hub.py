@@ -532,3 +532,44 @@ def test_hub_ids_become_metadata_and_local_paths_do_not(run_dir: Path, tmp_path:
     card = hub.build_model_card(run_dir, repo_id=REPO_ID)
     assert card.data.datasets == ["me/glosses"] and card.data.base_model is None
     assert f"`{tmp_path}`" in str(card)
+
+
+@pytest.mark.parametrize("bad_value, message", [(float("nan"), r"\S+ holds NaN/inf values"),
+                                                 (5e4, r"max \|w\| = 5e\+04 in \S+ exceeds max_abs_weight=10000")])
+def test_a_student_with_diverged_weights_is_never_published(run_dir: Path, bad_value: float, message: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(run_dir / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name].view(-1)[0] = bad_value
+    save_file(weights, run_dir / "model.safetensors", metadata={"format": "pt"})
+    before = snapshot(run_dir)
+    api = FakeHfApi()
+    with pytest.raises(ValueError, match=f"model.safetensors: {message}"):
+        hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=api)
+    assert api.calls == [] and snapshot(run_dir) == before
+    if bad_value == 5e4:  # the bound is the caller's to raise
+        assert hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=FakeHfApi(), max_abs_weight=1e5).uploaded
+
+
+def test_a_folder_that_a_run_is_still_writing_is_not_published(run_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hf_pcoh.output_dir import claim_output_dir\n"
+                               "with claim_output_dir(sys.argv[1], resuming=True, overwrite=False):\n"
+                               "    print('holding', flush=True); time.sleep(600)", str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        api = FakeHfApi()
+        with pytest.raises(ValueError, match=f"is still being written by a run \\(pid {holder.pid} on "):
+            hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=api)
+        assert api.calls == []
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # the killed run's lock file stays behind: it blocks nothing and is never uploaded
+    assert (run_dir / ".hf_pcoh.lock").is_file()
+    plan = hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=FakeHfApi())
+    assert plan.uploaded and ".hf_pcoh.lock" not in plan.files and ".hf_pcoh.lock" in plan.skipped

@@ -222,6 +222,7 @@ def test_duplicates_zeros_and_huge_values_give_finite_answers():
         knowledge_quality(features, labels)
 
 
+@pytest.mark.slow  # large maps by design
 def test_large_flattened_maps_run_in_seconds_with_bounded_memory():
     features = np.random.default_rng(0).standard_normal((3000, 20000), dtype=np.float32)  # 240 MB
     labels = np.repeat(np.arange(10), 300)

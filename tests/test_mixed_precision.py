@@ -124,7 +124,8 @@ def launch_environment(config_file: Path) -> tuple[dict[str, str], object]:
     return prepare_multi_gpu_env(args), args
 
 
-@pytest.mark.parametrize("name, distributed_type", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")])
+@pytest.mark.parametrize("name, distributed_type", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED"),
+                                                     ("deepspeed_zero3", "DEEPSPEED")])
 def test_accelerate_config_parses_as_8_process_bf16_launch(name, distributed_type) -> None:
     from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 
@@ -141,7 +142,7 @@ def test_accelerate_config_parses_as_8_process_bf16_launch(name, distributed_typ
 @pytest.mark.parametrize("student_config", [TINY_BERT, TINY_VIT, TINY_OPT], ids=["bert", "vit", "opt"])
 def test_fsdp_config_shards_fully_wraps_student_blocks_and_saves_a_full_state_dict(student_config: dict) -> None:
     from accelerate.utils import FullyShardedDataParallelPlugin
-    from torch.distributed.fsdp import ShardingStrategy, StateDictType
+    from torch.distributed.fsdp import StateDictType
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     environment, _ = launch_environment(ACCELERATE_CONFIGS / "fsdp.yaml")
@@ -150,11 +151,11 @@ def test_fsdp_config_shards_fully_wraps_student_blocks_and_saves_a_full_state_di
             mock.patch("accelerate.utils.dataclasses.is_cuda_available", return_value=True), \
             mock.patch("torch.cuda.current_device", return_value=0):
         plugin = FullyShardedDataParallelPlugin()
-    assert plugin.fsdp_version == 1
-    assert plugin.sharding_strategy == ShardingStrategy.FULL_SHARD
-    assert plugin.use_orig_params is True
+    assert plugin.fsdp_version == 2
+    assert plugin.reshard_after_forward is True  # full shard
     assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT
-    assert plugin.cpu_ram_efficient_loading is False  # the unwrapped teacher must load its own weights everywhere
+    # Rank 0 alone reads the weights: FSDP broadcasts them to student and teacher (both sharded by hf_pcoh).
+    assert plugin.cpu_ram_efficient_loading is True
     # No class named in the config: the transformer-based policy takes the student's blocks, whatever the
     # architecture, from the trainable DistillationModel's _no_split_modules.
     student = AutoModel.from_config(AutoConfig.for_model(**student_config))
@@ -163,6 +164,20 @@ def test_fsdp_config_shards_fully_wraps_student_blocks_and_saves_a_full_state_di
     wrapped = {cls.__name__ for cls in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]}
     block = {"bert": "BertLayer", "vit": "ViTLayer", "opt": "OPTDecoderLayer"}[student_config["model_type"]]
     assert block in wrapped and wrapped == set(student._no_split_modules)
+
+
+def test_deepspeed_zero3_config_saves_16bit_weights_and_loads_models_whole() -> None:
+    from accelerate.utils import DeepSpeedPlugin
+
+    environment, _ = launch_environment(ACCELERATE_CONFIGS / "deepspeed_zero3.yaml")
+    with mock.patch.dict(os.environ, environment):
+        plugin = DeepSpeedPlugin()
+    zero = plugin.deepspeed_config["zero_optimization"]
+    assert plugin.zero_stage == 3 and zero["stage"] == 3
+    # the saved student is gathered whole; models load whole, the setup runs the teacher before training
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert plugin.zero3_init_flag is False
+    assert plugin.deepspeed_config["gradient_accumulation_steps"] == "auto"
 
 
 def test_deepspeed_config_is_zero2_and_leaves_accumulation_and_clipping_to_the_trainer() -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from transformers import AutoModel, AutoTokenizer
 
@@ -47,6 +48,7 @@ def final_embeddings(student_dir: Path) -> np.ndarray:
     return embed(model, AutoTokenizer.from_pretrained(student_dir), texts, FeatureExtractor("last", "mean"), "text").values
 
 
+@pytest.mark.slow  # two real processes and a SIGKILL: about a minute
 def test_sigkill_then_resume_gives_the_same_student(tmp_path, minilm_path) -> None:
     recipe = write_recipe(tmp_path)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -57,3 +57,58 @@ def test_cache_refuses_augmented_data(tmp_path, minilm_path) -> None:
     augmented = load_digits_dataset()["train"].with_transform(lambda batch: batch)
     with pytest.raises(ValueError, match="on-the-fly transform"):
         refuse_augmented(augmented)
+
+
+def live_features(setup, rows) -> list[np.ndarray]:
+    """The live teacher's features of ``rows`` of the training set, as a training step computes them."""
+    from hf_pcoh.frozen_teacher import run_teacher
+    from hf_pcoh.trainer import teacher_extractors
+
+    inputs = setup.collator.inputs([{"text": row["text"]} for row in rows], "teacher", setup.collator.teacher_processor)
+    features, _ = run_teacher(setup.teacher, inputs, teacher_extractors(setup.config, setup.teacher))
+    return [feature.values.numpy() for feature in features]
+
+
+def test_auto_caches_fitting_features_in_the_training_order(tmp_path, minilm_path, monkeypatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    assert DistillationConfig.__dataclass_fields__["teacher_cache"].default is None  # opt-in: live by default
+    setup = build_setup(config_for(tmp_path / "run", teacher_cache="auto"))
+    train = setup.train_dataset
+    assert {"teacher_features_0", "teacher_features_1"} <= set(train.column_names)
+    assert len(os.listdir(tmp_path / "hf_datasets" / "hf_pcoh_teacher_features")) == 1
+    # computed in order of length, stored in the training order: each row holds its own text's features
+    rows = [train[i] for i in range(24)]
+    for index, expected in enumerate(live_features(setup, rows)):
+        np.testing.assert_allclose(np.asarray([row[f"teacher_features_{index}"] for row in rows]), expected,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_auto_leaves_the_teacher_live_when_caching_would_be_wrong_or_too_big(tmp_path, minilm_path, monkeypatch) -> None:
+    import datasets
+
+    from hf_pcoh import teacher_cache
+    from hf_pcoh.trainer import teacher_extractors
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    tokens = build_setup(config_for(tmp_path / "tokens", teacher_cache="auto", pooling="none", losses=["projected_mse"]))
+    assert "teacher_features_0" not in tokens.train_dataset.column_names  # pooling 'none': tokens are not cached
+    config = config_for(tmp_path / "run")
+    setup = build_setup(config)
+
+    def refusal(dataset):
+        return teacher_cache.auto_cache_refusal(
+            dataset, setup.teacher, setup.collator.teacher_processor, teacher_extractors(config, setup.teacher), "text",
+            "text", config.max_length, False, teacher_cache.auto_cache_dir())
+
+    assert refusal(setup.train_dataset) is None
+    assert "on-the-fly transform" in refusal(setup.train_dataset.with_transform(lambda batch: batch))
+    monkeypatch.setattr(teacher_cache, "available_memory", lambda: 1000)
+    assert "half the free memory" in refusal(setup.train_dataset)
+    monkeypatch.setattr(teacher_cache, "available_memory", lambda: None)
+    monkeypatch.setattr(teacher_cache, "free_disk", lambda folder: 1000)
+    assert "half the free disk" in refusal(setup.train_dataset)
+    live = build_setup(config_for(tmp_path / "live", teacher_cache="auto"))
+    assert "teacher_features_0" not in live.train_dataset.column_names
+    assert not os.path.exists(tmp_path / "hf_datasets" / "hf_pcoh_teacher_features")

@@ -33,7 +33,8 @@ Modules, one job each:
 - ``report`` -- :class:`EmbeddingEvaluation` / :func:`evaluate_embeddings`: everything at once.
 - ``table`` -- :func:`format_comparison_table`.
 - ``embedding`` -- embed a data set with a model, batched and timed.
-- ``student_report`` -- a student beside its teacher after a run, and its one-line summary.
+- ``student_report`` -- a student beside its teacher after a run, its one-line summary, and the agreement
+  metrics the trainer reports at each evaluation during training.
 - ``saved_student`` -- the same for a student folder saved by a run.
 - ``metrics`` -- the local ``evaluate`` metric modules (``evaluate.load(metric_path(name))``).
 """
@@ -47,7 +48,7 @@ from .neighbours import knn_accuracy, retrieval_metrics, teacher_neighbour_recal
 from .probe import linear_probe_accuracy
 from .report import GEOMETRIES, EmbeddingEvaluation, evaluate_embeddings, without_aliases
 from .saved_student import evaluate_saved_student
-from .student_report import compare_teacher_and_student, summary_line
+from .student_report import agreement_metrics, compare_teacher_and_student, summary_line
 from .table import format_comparison_table
 from .validation import ArrayLike, LabelsLike
 
@@ -63,6 +64,7 @@ __all__ = [
     "EmbeddingEvaluation",
     "Embeddings",
     "LabelsLike",
+    "agreement_metrics",
     "batched_forward",
     "compare_teacher_and_student",
     "dissimilarity_spearman",

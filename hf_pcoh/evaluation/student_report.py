@@ -9,16 +9,20 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..data import first_rows
 from ..features import FeatureExtractor
 from ..models import count_parameters
-from .embedding import embed
-from .report import evaluate_embeddings
+from ..precomputed_teacher import precomputed_embeddings
+from .agreement import dissimilarity_spearman
+from .embedding import Embeddings, embed
+from .neighbours import knn_accuracy, teacher_neighbour_recall
+from .report import AGREEMENT_ALIAS_GEOMETRY, NEIGHBOUR_ALIAS_GEOMETRY, evaluate_embeddings
 
 logger = logging.getLogger(__name__)
 
 
 def compare_teacher_and_student(
-    teacher: torch.nn.Module,
+    teacher: torch.nn.Module | None,
     student: torch.nn.Module,
     teacher_processor: Any,
     student_processor: Any,
@@ -34,6 +38,8 @@ def compare_teacher_and_student(
     max_reference_samples: int = 3000,
     batch_size: int = 64,
     dataset_name: str = "",
+    teacher_input_column: str | None = None,
+    teacher_embedding_column: str | None = None,
 ) -> dict[str, Any]:
     """Embed a reference sample of the training split and the eval split with both models, then measure.
 
@@ -41,19 +47,24 @@ def compare_teacher_and_student(
     agreement metrics (teacher-neighbour recall, dissimilarity Spearman, perception coherence) compare
     the student's embeddings of the eval split with the teacher's. Every metric but the probe is measured
     in the cosine and the euclidean geometry; the keys are those of :func:`evaluate_embeddings`.
+    The teacher reads ``teacher_input_column`` when it is not the student's (a translation pair); with no
+    ``teacher`` its embeddings are read from ``teacher_embedding_column`` (precomputed), and its size and
+    speed are not measured.
     """
-    reference = train_dataset.select(range(min(max_reference_samples, len(train_dataset))))
-    reference_inputs = reference[input_column]
-    eval_inputs = eval_dataset[input_column]
+    reference = first_rows(train_dataset, max_reference_samples)  # a streamed training split: its first rows
     embeddings: dict[str, dict[str, Any]] = {}
-    for role, model, processor, extractor in (
-        ("teacher", teacher, teacher_processor, teacher_extractor),
-        ("student", student, student_processor, student_extractor),
+    for role, model, processor, extractor, column in (
+        ("teacher", teacher, teacher_processor, teacher_extractor, teacher_input_column or input_column),
+        ("student", student, student_processor, student_extractor, input_column),
     ):
-        train_embeddings = embed(model, processor, reference_inputs, extractor, modality, batch_size, max_length, device,
-                                 description=f"{role}: embedding reference")
-        test_embeddings = embed(model, processor, eval_inputs, extractor, modality, batch_size, max_length, device,
-                                description=f"{role}: embedding eval split")
+        if model is None:  # the teacher's embeddings were computed before the run
+            embeddings[role] = {split: Embeddings(precomputed_embeddings(rows, teacher_embedding_column), 0.0)
+                                for split, rows in (("train", reference), ("test", eval_dataset))}
+            continue
+        train_embeddings = embed(model, processor, reference[column], extractor, modality, batch_size, max_length,
+                                 device, description=f"{role}: embedding reference")
+        test_embeddings = embed(model, processor, eval_dataset[column], extractor, modality, batch_size, max_length,
+                                device, description=f"{role}: embedding eval split")
         embeddings[role] = {"train": train_embeddings, "test": test_embeddings}
     train_labels = np.asarray(reference[label_column]) if label_column else None
     test_labels = np.asarray(eval_dataset[label_column]) if label_column else None
@@ -69,16 +80,42 @@ def compare_teacher_and_student(
             teacher_train=embeddings["teacher"]["train"].values if is_student else None,
             teacher_test=embeddings["teacher"]["test"].values if is_student else None,
         )
-        seconds = embeddings[role]["train"].seconds + embeddings[role]["test"].seconds
-        metrics["parameters"] = count_parameters(model)
-        metrics["embeddings_per_second"] = (len(reference) + len(eval_dataset)) / seconds
+        if model is not None:
+            seconds = embeddings[role]["train"].seconds + embeddings[role]["test"].seconds
+            metrics["parameters"] = count_parameters(model)
+            metrics["embeddings_per_second"] = (len(reference) + len(eval_dataset)) / seconds
         results[role] = {key: float(value) for key, value in metrics.items()}
     teacher_metrics, student_metrics = results["teacher"], results["student"]
-    results["ratios"] = {
+    results["ratios"] = {} if teacher is None else {
         "parameters": student_metrics["parameters"] / teacher_metrics["parameters"],
         "speed_up": student_metrics["embeddings_per_second"] / teacher_metrics["embeddings_per_second"],
     }
     return results
+
+
+def agreement_metrics(
+    student: np.ndarray,
+    teacher: np.ndarray,
+    labels: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
+    k: int = 10,
+) -> dict[str, float]:
+    """The figures watched during training, under the names and geometries of the final report
+    (:func:`evaluate_embeddings`): ``teacher_neighbour_recall@{k}`` (cosine) and ``dissimilarity_spearman``
+    (euclidean) of the student's embeddings of a split against the teacher's, and, given the split's
+    ``labels`` and a labelled ``reference`` sample embedded by the student, ``knn_accuracy@{k}`` (cosine)."""
+    if len(student) <= k:
+        logger.warning("agreement metrics need more than k=%d points, got %d; skipped", k, len(student))
+        return {}
+    metrics = {
+        f"teacher_neighbour_recall@{k}": teacher_neighbour_recall(student, teacher, k, NEIGHBOUR_ALIAS_GEOMETRY),
+        "dissimilarity_spearman": dissimilarity_spearman(student, teacher, AGREEMENT_ALIAS_GEOMETRY),
+    }
+    if labels is not None and reference is not None and reference_labels is not None and len(reference) >= k:
+        metrics[f"knn_accuracy@{k}"] = knn_accuracy(reference, reference_labels, student, labels, k,
+                                                    NEIGHBOUR_ALIAS_GEOMETRY)
+    return {name: float(value) for name, value in metrics.items()}
 
 
 def summary_line(results: dict[str, Any]) -> str:
@@ -88,6 +125,9 @@ def summary_line(results: dict[str, Any]) -> str:
         f"parameters {student['parameters'] / 1e6:.1f}M vs {teacher['parameters'] / 1e6:.1f}M ({ratios['parameters']:.2f}x)",
         f"embeddings/s {student['embeddings_per_second']:.0f} vs {teacher['embeddings_per_second']:.0f} "
         f"({ratios['speed_up']:.2f}x)",
+    ] if ratios else [  # the teacher's embeddings were precomputed: its size and speed are unknown
+        f"parameters {student['parameters'] / 1e6:.1f}M",
+        f"embeddings/s {student['embeddings_per_second']:.0f}",
     ]
     if "teacher_neighbour_recall@10" in student:
         parts.append(f"teacher-neighbour recall@10 {student['teacher_neighbour_recall@10']:.3f}")

@@ -6,7 +6,8 @@ One job per module:
   that it holds a loadable student, list what is uploaded;
 - :mod:`.card`: build the model card (``model_cards/distilled_student.md`` through
   :class:`huggingface_hub.ModelCardData`, with a ``model-index`` the Hub renders) and write it as ``README.md``;
-- :mod:`.usage`: the card's plain-``transformers`` snippet that computes the embedding the card measured;
+- :mod:`.usage`: the card's snippets (plain ``transformers``, and sentence-transformers for a student saved as
+  one) that compute the embedding the card measured;
 - :mod:`.redaction`: keep credentials out of the card;
 - :mod:`.upload`: :func:`publish`, which writes the card and uploads the folder in a single commit::
 
@@ -66,7 +67,7 @@ from .upload import (
     network_error_types,
     publish,
 )
-from .usage import embedding_spec, usage_snippet
+from .usage import embedding_normalized, embedding_spec, sentence_transformers_snippet, usage_snippet
 
 __all__ = [
     "CARD_FILE",
@@ -94,6 +95,7 @@ __all__ = [
     "card_citations",
     "check_student_files",
     "default_commit_message",
+    "embedding_normalized",
     "embedding_spec",
     "eval_results_for_card",
     "files_to_upload",
@@ -117,6 +119,7 @@ __all__ = [
     "student_summary",
     "teacher_summary",
     "template_path",
+    "sentence_transformers_snippet",
     "usage_snippet",
     "write_model_card",
 ]

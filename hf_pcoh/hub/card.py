@@ -27,12 +27,15 @@ from ..citations import HF_PCOH, citation_key, metric_citation
 from ..losses import get_loss_class
 from .redaction import redact_recipe, redact_text
 from .run_files import CARD_FILE, folder_contents, read_model_config, read_run, uploadable
-from .usage import embedding_spec, usage_snippet
+from .usage import embedding_normalized, embedding_spec, sentence_transformers_snippet, usage_snippet
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE_NAME = "distilled_student.md"
 DEFAULT_TAGS = ("distillation", "hf_pcoh", "knowledge-distillation")
+# A student saved as a sentence-transformers model (a modules.json beside it) is listed as sentence-transformers lists its own.
+SENTENCE_TRANSFORMERS_TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction")
+SENTENCE_TRANSFORMERS_MODULES_FILE = "modules.json"
 
 # Metrics in the order a reader wants them, with the names they are shown under.
 METRIC_NAMES = {
@@ -374,9 +377,11 @@ def card_context(folder: Path, description: dict[str, Any], results: dict[str, A
     size_ratio = (student_parameters / teacher["parameters"]
                   if student_parameters and teacher["parameters"] else None)
     layer, pooling = embedding_spec(description)
-    usage = usage_snippet(repo_id or f"<user>/{model_name}", description["modality"], layer, pooling,
+    model_id = repo_id or f"<user>/{model_name}"
+    usage = usage_snippet(model_id, description["modality"], layer, pooling,
                           max_length=int(recipe.get("max_length") or 128),
-                          num_channels=model_config.get("num_channels"))
+                          num_channels=model_config.get("num_channels"), normalize=embedding_normalized(description))
+    sentence_transformers = (folder / SENTENCE_TRANSFORMERS_MODULES_FILE).is_file()
     reported = ordered_metrics((results or {}).get("student") or {})
     return {
         "model_name": model_name,
@@ -394,8 +399,9 @@ def card_context(folder: Path, description: dict[str, Any], results: dict[str, A
         "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, default_flow_style=None).strip(),
         "results": results_context(results, dataset_id),
         "plots": plots_context(folder),
-        "embedding": {"layer": layer, "pooling": pooling},
+        "embedding": {"layer": layer, "pooling": pooling, "normalize": embedding_normalized(description)},
         "usage": usage,
+        "sentence_transformers_usage": sentence_transformers_snippet(model_id) if sentence_transformers else None,
         "citations": card_citations(losses, reported),
     }
 
@@ -408,11 +414,12 @@ def card_metadata(description: dict[str, Any], results: dict[str, Any] | None, c
     if results:
         dataset_name = str(results.get("dataset") or dataset_id)
         eval_results = eval_results_for_card(results, description["task"], dataset_type, dataset_name) or None
+    sentence_transformers = context["sentence_transformers_usage"] is not None
     return ModelCardData(
         license=license,
-        library_name="transformers",
-        pipeline_tag=description["task"],
-        tags=[*DEFAULT_TAGS, *context["losses"]],
+        library_name="sentence-transformers" if sentence_transformers else "transformers",
+        pipeline_tag="sentence-similarity" if sentence_transformers else description["task"],
+        tags=[*(SENTENCE_TRANSFORMERS_TAGS if sentence_transformers else ()), *DEFAULT_TAGS, *context["losses"]],
         datasets=[dataset_id] if looks_like_hub_id(dataset_id) else None,
         base_model=context["teacher"]["hub_id"],
         model_name=model_name,

@@ -18,6 +18,7 @@ from typing import Any
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from ..artifacts import DISTILLATION_CONFIG_FILE, EVAL_RESULTS_FILE, MODEL_CARD_FILE
+from ..output_dir import LOCK_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 CARD_FILE = MODEL_CARD_FILE
 
 # Never uploaded: Trainer checkpoints and TensorBoard logs (the student is saved at the top level),
-# pickled files (training_args.bin; weights are safetensors), and leftovers of interrupted atomic writes.
-UPLOAD_IGNORE_PATTERNS = ("checkpoint-*/", "runs/", "*.bin", "*.tmp")
+# pickled files (training_args.bin; weights are safetensors), leftovers of interrupted atomic writes, and the
+# run's lock file (it names the machine and command; present while the run publishes at its end).
+UPLOAD_IGNORE_PATTERNS = ("checkpoint-*/", "runs/", "*.bin", "*.tmp", LOCK_FILE)
 
 # The entries distillation_config.json must have for a card to be written from it.
 DESCRIPTION_KEYS = ("recipe", "teacher", "student", "dataset", "losses", "modality", "task")

@@ -27,6 +27,8 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .. import __version__
+from ..output_dir import running_run
+from ..weights import DEFAULT_MAX_ABS_WEIGHT, saved_weight_problem
 from .card import build_model_card, write_model_card
 from .run_files import (
     CARD_FILE,
@@ -112,6 +114,7 @@ def publish(
     dry_run: bool = False,
     api: HfApi | None = None,
     license: str = "apache-2.0",
+    max_abs_weight: float = DEFAULT_MAX_ABS_WEIGHT,
 ) -> PublishPlan:
     """Write the model card into ``output_dir`` and upload the folder to ``repo_id`` in one commit.
 
@@ -128,19 +131,29 @@ def publish(
         dry_run: only build the card and list the files; write and send nothing.
         api: the :class:`huggingface_hub.HfApi` to use (tests pass a stand-in).
         license: the card's license.
+        max_abs_weight: a student whose weights are NaN/inf or exceed this in magnitude (a run that diverged) is
+            refused (:mod:`hf_pcoh.weights`); the caller's value, never one read from the folder.
 
     Returns:
         a :class:`PublishPlan` with the files, the card and (after an upload) the commit URL.
 
     Raises:
-        FileNotFoundError / ValueError: the folder is not a finished run (the message names the file), or
-            ``repo_id`` is not a valid repo id.
+        FileNotFoundError / ValueError: the folder is not a finished run (the message names the file), a run is
+            still writing it, its weights are NaN/inf or beyond ``max_abs_weight``, or ``repo_id`` is not a valid
+            repo id.
         MissingTokenError: no token; nothing was sent; the folder (with its card) is ready to upload.
         HubUnreachableError: offline or a network error; nothing was uploaded.
         HubRefusedError: the Hub refused (e.g. a read-only token); nothing was uploaded.
     """
     folder = Path(output_dir)
     check_student_files(folder)
+    holder = running_run(str(folder))
+    if holder is not None:
+        raise ValueError(f"{folder} is still being written by a run ({holder}): publish it once the run has ended")
+    problem = saved_weight_problem(folder, max_abs_weight)
+    if problem is not None:
+        raise ValueError(f"{folder} holds a student that is not usable ({problem}): it is not published. Train again "
+                         "with a lower learning rate, or pass a larger max_abs_weight if such weights are intended")
     check_repo_id(repo_id)
     description, _ = read_run(folder)
     message = commit_message or default_commit_message(description)

@@ -1,7 +1,8 @@
-"""The model card's usage snippet: plain ``transformers`` code that computes the embedding the card measured.
+"""The model card's usage snippets: code that computes the embedding the card measured, without hf_pcoh.
 
-It reproduces :class:`hf_pcoh.features.FeatureExtractor` (a layer and a pooling) without hf_pcoh, so a user
-of the published student gets the embedding its results were measured on.
+:func:`usage_snippet` reproduces :class:`hf_pcoh.features.FeatureExtractor` (a layer, a pooling, the
+normalisation) with plain ``transformers``; :func:`sentence_transformers_snippet` loads a student saved as a
+sentence-transformers model, whose ``modules.json`` does the same.
 """
 
 from __future__ import annotations
@@ -30,8 +31,26 @@ def embedding_spec(description: dict[str, Any]) -> tuple[int | str, str]:
     return layer, pooling
 
 
+def embedding_normalized(description: dict[str, Any]) -> bool:
+    """True when the run L2-normalised its embeddings (``normalize``, or a sentence-transformers teacher's Normalize)."""
+    return bool((description.get("embedding") or {}).get("normalize"))
+
+
+def sentence_transformers_snippet(model_id: str) -> str:
+    """Python that loads the student with sentence-transformers (its ``modules.json``) and embeds two sentences."""
+    return "\n".join([
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'model = SentenceTransformer("{model_id}")',
+        'sentences = ["A student distilled from its teacher.", "Embeddings from sentence-transformers."]',
+        "embeddings = model.encode(sentences)",
+        "print(embeddings.shape)  # [2, dim]",
+        "print(model.similarity(embeddings, embeddings))",
+    ])
+
+
 def usage_snippet(model_id: str, modality: str, layer: int | str, pooling: str, max_length: int = 128,
-                  num_channels: int | None = None) -> str:
+                  num_channels: int | None = None, normalize: bool = False) -> str:
     """Python that loads the student with plain ``transformers`` and computes the embedding the card measured."""
     vision = modality == "vision"
     if vision:
@@ -47,6 +66,8 @@ def usage_snippet(model_id: str, modality: str, layer: int | str, pooling: str, 
     else:
         lines.append(f"hidden = outputs.hidden_states[{layer}]  # 0 = embeddings, 1.. = the layers' outputs")
     lines += pooling_lines(pooling, vision)
+    if normalize:
+        lines.append("embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)  # unit length, as measured")
     lines.append("print(embeddings.shape)  # [batch, dim]")
     return "\n".join(lines)
 
@@ -93,6 +114,12 @@ def pooling_lines(pooling: str, vision: bool) -> list[str]:
         return [
             "# global average pooling: over H, W of [B, C, H, W] maps, or over the tokens of [B, T, d]",
             "embeddings = hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)",
+        ]
+    if pooling == "max":
+        return [
+            "# the largest value of each dimension over the non-padding tokens",
+            'padding = inputs["attention_mask"].unsqueeze(-1) == 0',
+            "embeddings = hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).max(dim=1).values",
         ]
     if pooling == "last_token":
         return [

@@ -4,6 +4,7 @@ recipe file into a dict of config fields, checked against the config's field nam
 from __future__ import annotations
 
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import yaml
 
 from ..errors import unknown_name_message
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_RECIPE = "minilm-wordnet"
 
@@ -34,12 +37,23 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     path = recipes.get(recipe, Path(recipe))
     if not path.is_file():
         raise ValueError(f"recipe {recipe!r} not found: give a YAML/JSON file or one of {sorted(recipes)}")
-    with path.open(encoding="utf-8") as stream:
-        values = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)
+    try:
+        with path.open(encoding="utf-8") as stream:
+            values = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        where = getattr(error, "problem_mark", None)
+        place = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}{place}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"recipe {path} is not a text file (YAML or JSON)") from None
     if not isinstance(values, dict):
         raise ValueError(f"recipe {path} must be a mapping of config fields, got {type(values).__name__}")
     known = list(DistillationConfig.__dataclass_fields__)
     for key in values:
         if key not in known:
             raise ValueError(f"recipe {path}: {unknown_name_message('field', key, known)}")
+    if values.pop("trust_remote_code", None):
+        logger.warning("recipe %s sets trust_remote_code: true, which is ignored: a file never turns on running a "
+                       "checkpoint's own code; pass --trust_remote_code on the command line if you trust it", path)
     return values

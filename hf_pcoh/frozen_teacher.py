@@ -1,0 +1,174 @@
+"""Run the frozen teacher for the features a run reads, and no more.
+
+:func:`run_teacher` is the teacher's forward of every training step (and of the teacher-feature cache):
+
+* **depth**: when every layer the run reads is an index into ``hidden_states`` below the last one
+  (``teacher_layers: [2, 4]`` of a 6-layer teacher), the teacher runs through a *view* of itself that
+  stops after the deepest of them: the same modules and parameters, with its list of blocks cut
+  (``encoder.layer`` of BERT-like encoders and ViT, ``encoder.stages`` of ResNet). The features are the
+  full forward's at those layers (``tests/test_frozen_teacher.py``); the blocks after them never run.
+  Other layouts, a teacher with a head (its logits need every block), and ``last`` / ``pooler`` run whole.
+* **hidden states**: models that record them by hooks (transformers' ``capture_outputs``) are asked only
+  for the indices the extractors read; the others are not kept.
+* **inference mode**: the forward runs under ``torch.inference_mode()``; the features are pooled outside
+  it (without gradients), and any that still are inference tensors (a view such as ``cls``) are cloned,
+  so a loss can save them for its backward.
+
+A sharded teacher (FSDP, DeepSpeed ZeRO-3), a compiled or otherwise wrapped one runs whole under
+``torch.no_grad()``, as it always did.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+try:
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks
+except ImportError:  # another transformers: its hook-recording models run whole
+    maybe_install_capturing_hooks = None
+
+from .features import FeatureExtractor, Features
+from .sharding import is_sharded
+
+# Where a model keeps the blocks whose outputs are hidden_states[1:], by the path of their ModuleList:
+# BERT-like encoders, ResNet's stages, models that hold their blocks themselves (ViT).
+BLOCK_LISTS = ("encoder.layer", "encoder.stages", "layers")
+
+
+@dataclass
+class TeacherPlan:
+    """How :func:`run_teacher` runs one teacher for one set of extractor layers."""
+
+    model: nn.Module  # the teacher, or a view of it cut after the deepest layer read
+    layers: list[int | str]  # the extractors' layers, indices made non-negative when known
+    hidden_states: bool | list[int]  # output_hidden_states: all, none, or the indices kept
+    inference_mode: bool
+    depth: int | None = None  # blocks the view runs; None: the whole teacher
+
+
+# One plan per (teacher, extractor layers); a teacher that is freed takes its plans with it.
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], TeacherPlan]] = weakref.WeakKeyDictionary()
+
+
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """``(path, blocks)`` of the first of :data:`BLOCK_LISTS` the model has, else None."""
+    for path in BLOCK_LISTS:
+        module: Any = model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return path, module
+    return None
+
+
+def records_hidden_states_by_hooks(model: nn.Module) -> bool:
+    """Whether ``output_hidden_states`` may be a list of indices (transformers' ``capture_outputs`` models)."""
+    return "hidden_states" in (getattr(model, "_can_record_outputs", None) or {})
+
+
+def is_plain_module(module: nn.Module) -> bool:
+    """A module whose ``forward`` is its class's: no instance-level override (accelerate's offload hooks)."""
+    return "forward" not in module.__dict__
+
+
+def cut_view(model: PreTrainedModel, path: str, depth: int) -> nn.Module:
+    """A view of ``model`` that runs only the first ``depth`` blocks of ``path``; it shares every module and
+    parameter with ``model``, which is left untouched."""
+    if records_hidden_states_by_hooks(model):
+        # Hooks on the shared blocks record hidden states: installed on the whole model first, so that the view
+        # (which copies the mark that they are) never installs a second set on its blocks.
+        maybe_install_capturing_hooks(model)
+    *container_path, list_name = path.split(".")
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # its own registry of children: replacing one leaves the model's
+    parent = view
+    for name in container_path:
+        child = copy.copy(getattr(parent, name))
+        child._modules = dict(child._modules)
+        setattr(parent, name, child)
+        parent = child
+    setattr(parent, list_name, nn.ModuleList(list(getattr(parent, list_name))[:depth]))
+    config = copy.copy(model.config)
+    # hidden_states[depth] is then the view's last: keep it as the block's output, as the full forward has it,
+    # rather than replaced by the view's last_hidden_state (which follows a final norm in some models).
+    config.tie_last_hidden_states = False
+    if hasattr(config, "num_hidden_layers"):
+        config.num_hidden_layers = depth
+    view.config = config
+    return view
+
+
+def resolve_index(layer: int | str, count: int) -> int | str | None:
+    """An index ``layer`` as a non-negative index into ``count`` hidden states (None when out of range); a
+    named layer (``last``, ``pooler``) as it is."""
+    if isinstance(layer, str):
+        try:
+            layer = int(layer)
+        except ValueError:
+            return layer
+    return layer % count if -count <= layer < count else None
+
+
+def plan_teacher_run(teacher: nn.Module, extractors: list[FeatureExtractor]) -> TeacherPlan:
+    """The cheapest way to run ``teacher`` that gives exactly what ``extractors`` read (kept per teacher)."""
+    key = tuple(str(extractor.layer) for extractor in extractors)
+    try:
+        plans = _PLANS.setdefault(teacher, {})
+    except TypeError:  # not weakly referenceable: planned at each call
+        plans = {}
+    if key not in plans:
+        plans[key] = make_plan(teacher, [extractor.layer for extractor in extractors])
+    return plans[key]
+
+
+def make_plan(teacher: nn.Module, layers: list[int | str]) -> TeacherPlan:
+    """See :func:`plan_teacher_run`."""
+    if not isinstance(teacher, PreTrainedModel) or not is_plain_module(teacher) or is_sharded(teacher):
+        return TeacherPlan(teacher, list(layers), True, inference_mode=False)
+    found = block_list(teacher)
+    bare = getattr(teacher, "base_model", teacher) is teacher  # with a head, outputs have logits, not last_hidden_state
+    if found is None or not bare:
+        return TeacherPlan(teacher, list(layers), True, inference_mode=True)
+    path, blocks = found
+    resolved = [resolve_index(layer, len(blocks) + 1) for layer in layers]  # the embeddings, then one per block
+    if None in resolved:  # out of range: the full forward lets the extractor say so
+        return TeacherPlan(teacher, list(layers), True, inference_mode=True)
+    indices = sorted({index for index in resolved if isinstance(index, int)})
+    hidden_states: bool | list[int] = (indices or False) if records_hidden_states_by_hooks(teacher) else bool(indices)
+    named = any(isinstance(index, str) for index in resolved)  # 'last' / 'pooler': the whole model's outputs
+    depth = max(max(indices, default=0), 1)  # a view needs one block to record the embeddings' output
+    container = teacher.get_submodule(path.rpartition(".")[0])
+    cuttable = maybe_install_capturing_hooks is not None or not records_hidden_states_by_hooks(teacher)
+    if named or depth >= len(blocks) or not is_plain_module(container) or not cuttable:
+        return TeacherPlan(teacher, resolved, hidden_states, inference_mode=True)
+    return TeacherPlan(cut_view(teacher, path, depth), resolved, hidden_states, inference_mode=True, depth=depth)
+
+
+def as_normal_tensor(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor``, cloned when it is an inference tensor (autograd could not save it for backward)."""
+    if tensor is not None and tensor.is_inference():
+        return tensor.clone()
+    return tensor
+
+
+def run_teacher(
+    teacher: nn.Module, teacher_inputs: dict[str, torch.Tensor], extractors: list[FeatureExtractor]
+) -> tuple[list[Features], torch.Tensor | None]:
+    """The teacher's features at each extractor's layer (and its logits, if it has a head), without gradients."""
+    plan = plan_teacher_run(teacher, extractors)
+    with torch.inference_mode() if plan.inference_mode else torch.no_grad():
+        outputs = plan.model(**teacher_inputs, output_hidden_states=plan.hidden_states)
+    mask = teacher_inputs.get("attention_mask")
+    features = []
+    with torch.no_grad():  # outside inference mode: pooled features are ordinary tensors
+        for extractor, layer in zip(extractors, plan.layers):
+            feature = (extractor if extractor.layer == layer else replace(extractor, layer=layer))(outputs, mask)
+            features.append(Features(as_normal_tensor(feature.values), feature.mask))
+    return features, as_normal_tensor(getattr(outputs, "logits", None))

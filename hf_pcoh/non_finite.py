@@ -1,0 +1,113 @@
+"""The non-finite guard: an update whose loss or gradients hold NaN/inf never reaches the weights.
+
+Each micro-batch's loss is recorded as it comes (:meth:`NonFiniteGuard.record_loss`). Once per optimizer
+step, after the last micro-batch's backward and gradient clipping and *before* ``optimizer.step()``, the
+window is judged (:meth:`NonFiniteGuard.check_update`): a non-finite loss in any micro-batch, or a
+non-finite gradient, on **any** process (the flags are OR-ed across processes, so every process takes the
+same decision). Then the trainer either skips the whole update (``non_finite_loss: skip``: the whole
+gradient-accumulation window, on every process) or checkpoints the state before it and stops (``stop``).
+Because nothing has touched the weights or the optimizer's moments yet, that checkpoint really is the last
+good state.
+
+Gradients are not checked under fp16 (the Trainer's gradient scaler skips overflowing steps itself and
+lowers its scale: an inf gradient there is routine) nor under DeepSpeed (its engine steps inside
+``backward``); the loss is checked in every case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .distributed import any_process
+
+
+class NonFiniteLossError(RuntimeError):
+    """The distillation loss became NaN or infinite; the last good state was checkpointed."""
+
+
+class UnusableWeightsError(NonFiniteLossError):
+    """The weights are NaN/inf or beyond ``max_abs_weight``: they were not saved (see :mod:`hf_pcoh.weights`)."""
+
+
+def non_finite_gradients(model: nn.Module) -> list[str]:
+    """Names of the parameters whose (local part of the) gradient holds NaN/inf; one device sync in all."""
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return []
+    local = [grad.to_local() if hasattr(grad, "to_local") else grad for _, grad in named]
+    finite = torch.stack([torch.isfinite(grad).all().to(local[0].device) for grad in local])  # [P]
+    if bool(finite.all()):
+        return []
+    return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+
+
+class NonFiniteGuard:
+    """What the accumulation window saw, and how many updates in a row were skipped."""
+
+    def __init__(self, check_gradients: bool = True) -> None:
+        self.check_gradients = check_gradients
+        self.bad_terms: list[str] = []  # the non-finite terms seen in this window, on this process
+        self.consecutive_skips = 0
+
+    def record_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Note a micro-batch's loss; one device sync (the Trainer's own NaN filter makes one too)."""
+        if not bool(torch.isfinite(loss)):
+            self.bad_terms += [label for label, value in terms.items() if not bool(torch.isfinite(value).all())] or ["total"]
+
+    def check_update(self, model: nn.Module, device: torch.device | str | None = None) -> str | None:
+        """Why the coming update must not happen (a sentence), or None; then the window starts afresh.
+
+        A collective: every process calls it at every optimizer step.
+        """
+        bad_gradients = non_finite_gradients(model) if self.check_gradients else []
+        bad_terms, self.bad_terms = sorted(set(self.bad_terms)), []
+        loss_bad, gradients_bad = any_process([bool(bad_terms), bool(bad_gradients)], device)
+        if loss_bad:
+            where = ", ".join(bad_terms) if bad_terms else "the loss of another process"
+            return f"the loss term(s) {where} became NaN/inf"
+        if gradients_bad:
+            if not bad_gradients:
+                return "the gradients of another process became NaN/inf"
+            more = f" and {len(bad_gradients) - 1} more" if len(bad_gradients) > 1 else ""
+            return f"the gradient of {bad_gradients[0]}{more} became NaN/inf"
+        return None
+
+
+class NonFiniteCallback(TrainerCallback):
+    """Calls ``guard`` between an update's last backward and ``optimizer.step()``.
+
+    Why this event: in transformers 5's loop ``on_pre_optimizer_step`` is the one public point where the whole
+    accumulation window's gradients exist (``training_step`` sees one micro-batch; overriding the private
+    loop would break with each release) and nothing has changed the weights yet (``on_optimizer_step`` comes
+    after the step). It fires on every process, so the guard's collective is reached by all.
+    """
+
+    def __init__(self, guard: Callable[[], None]) -> None:
+        self.guard = guard
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.guard()
+        return control
+
+
+def skip_next_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """Make the optimizer's next ``step()`` a no-op, then restore it.
+
+    The Trainer calls ``optimizer.step()`` unconditionally right after ``on_pre_optimizer_step``. Dropping the
+    gradients (``grad = None``) would not be enough everywhere: fp16's gradient scaler asserts that it saw
+    gradients, and some optimizers decay or move weights without one. A skipped update leaves weights and
+    optimizer state untouched; the Trainer then clears the gradients, steps the schedule and counts the step.
+    """
+    previous = optimizer.__dict__.get("step")  # an instance-level step another library installed, if any
+
+    def skipped_step(*args, **kwargs) -> None:
+        if previous is None:
+            del optimizer.step
+        else:
+            optimizer.step = previous
+
+    optimizer.step = skipped_step

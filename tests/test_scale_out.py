@@ -1,0 +1,281 @@
+"""Training across processes, on CPU: 2 gloo processes with tiny models.
+
+The teacher is prepared by the accelerator (FSDP2 shards it like the student), two FSDP2 processes train
+like one process with the doubled batch, per-term logs are averaged over processes, the teacher cache is
+computed once by the main process and read by the others; and gradient checkpointing reaches the student.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from hf_pcoh.config import DistillationConfig
+from hf_pcoh.pipeline import build_setup
+from hf_pcoh.trainer import DistillationTrainer
+
+from tiny_models import MINILM, TINY_BERT
+
+PER_PROCESS_BATCH = 8
+# Dropout off: one process and two must draw the same computation.
+STUDENT = {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32, "hidden_dropout_prob": 0.0,
+           "attention_probs_dropout_prob": 0.0}
+
+
+def run_config(output_dir: str, **fields) -> DistillationConfig:
+    """Every step sees the whole training set (one global batch), so the batch split cannot change the loss."""
+    values = dict(
+        output_dir=output_dir, teacher_config=TINY_BERT, teacher_processor_name_or_path=MINILM, student_config=STUDENT,
+        dataset_name="wordnet_glosses", max_train_samples=2 * PER_PROCESS_BATCH, per_device_train_batch_size=PER_PROCESS_BATCH,
+        max_steps=3, learning_rate=3e-3, logging_steps=1, save_strategy="no", disable_tqdm=True, max_length=32, seed=0,
+        losses=["perception_coherence", "projected_mse"], evaluate_after_training=False, report_to=[],
+    )
+    values.update(fields)
+    return DistillationConfig(**values)
+
+
+def test_one_process_keeps_the_teacher_whole_and_draws_the_heads_from_the_callers_random_state(tmp_path, minilm_path) -> None:
+    """The Trainer is built before the heads; the heads still start where they did when built before it."""
+    from hf_pcoh.losses import build_loss
+
+    config = run_config(str(tmp_path), losses=["projected_mse"])
+    setup = build_setup(config)
+    torch.manual_seed(123)
+    expected = build_loss("projected_mse", student_dim=STUDENT["hidden_size"], teacher_dim=TINY_BERT["hidden_size"])
+    torch.manual_seed(123)
+    trainer = DistillationTrainer(student=setup.student, teacher=setup.teacher, args=config,
+                                  train_dataset=setup.train_dataset, collator=setup.collator)
+    heads = trainer.model.heads["pair0_projected_mse"].state_dict()
+    assert heads.keys() == expected.state_dict().keys()
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(heads[name], tensor, rtol=0, atol=0)
+    # one process: the teacher itself, frozen, in eval mode, on the Trainer's device; no wrapper
+    assert trainer.teacher is setup.teacher and not trainer.teacher.training
+    assert all(not p.requires_grad and p.device == trainer.args.device for p in trainer.teacher.parameters())
+
+
+# ---- two processes -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def join_process_group(rank: int, world_size: int, port: int) -> None:
+    """The environment ``accelerate launch --cpu`` gives each process; the config's accelerator state reads it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size), ACCELERATE_USE_CPU="true")
+    torch.set_num_threads(1)
+
+
+def leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def run_two_processes(function, *args, deadline_seconds: float = 300.0) -> None:
+    """Spawn ``function(rank, world_size, port, *args)`` on 2 processes; a hang fails the test."""
+    context = mp.start_processes(function, args=(2, free_port(), *args), nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + deadline_seconds
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two gloo processes did not finish within {deadline_seconds:.0f} s")
+
+
+def enable_fsdp_on_cpu() -> None:
+    """accelerate turns FSDP on only for GPU process groups; switch it on for gloo, where torch's FSDP2 runs."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original_init = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            # every later AcceleratorState() copies the distributed type from the process state
+            PartialState._shared_state["distributed_type"] = self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    AcceleratorState.__init__ = init
+
+
+def train(config: DistillationConfig, edit_setup=None):
+    """(trainer, setup) after training."""
+    setup = build_setup(config)
+    if edit_setup is not None:
+        edit_setup(setup)
+    trainer = DistillationTrainer(student=setup.student, teacher=setup.teacher, args=config,
+                                  train_dataset=setup.train_dataset, collator=setup.collator)
+    trainer.train()
+    return trainer, setup
+
+
+def loss_logs(trainer: DistillationTrainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def lose_last_block_weights(setup) -> None:
+    """What transformers leaves on processes other than the first under cpu_ram_efficient_loading: the
+    weights a checkpoint lacks stay on the meta device (here the last block's output layer, in both models)."""
+    for model in (setup.teacher, setup.student):
+        model.encoder.layer[-1].output.dense.to("meta")
+
+
+def fsdp_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    from hf_pcoh.pipeline import evaluate_student_against_teacher, save_sharded_student
+
+    join_process_group(rank, world_size, port)
+    enable_fsdp_on_cpu()
+    try:
+        config = run_config(output_dir, fsdp=True, fsdp_config={"version": 2, "cpu_ram_efficient_loading": True},
+                            evaluate_after_training=True, max_eval_samples=24)
+        trainer, setup = train(config, lose_last_block_weights if rank else None)
+        teacher_parameters = list(trainer.teacher.parameters())
+        record = {
+            "logs": loss_logs(trainer),
+            "student_sharded": isinstance(trainer.model_wrapped, FSDPModule),
+            "teacher_sharded": all(isinstance(parameter, DTensor) for parameter in teacher_parameters),
+            "teacher_local_numel": sum(
+                (p.to_local() if isinstance(p, DTensor) else p).numel() for p in teacher_parameters),
+            "teacher_numel": sum(p.numel() for p in teacher_parameters),
+        }
+        # after training: whole copies on rank 0, saved and measured there
+        student, teacher = save_sharded_student(setup, trainer)
+        record["whole_copies"] = student is not None and teacher is not None
+        if student is not None:
+            record["evaluation"] = evaluate_student_against_teacher(setup, student, trainer.args.device, teacher)
+        with open(os.path.join(output_dir, f"rank{rank}.json"), "w", encoding="utf-8") as stream:
+            json.dump(record, stream)
+    finally:
+        leave_process_group()
+
+
+def assert_same_measures(measured: dict, expected: dict, path: str = "") -> None:
+    """Every number of an evaluation alike (timings aside)."""
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert_same_measures(measured[key], value, f"{path}{key}.")
+        elif isinstance(value, float) and "per_second" not in key and key != "speed_up":
+            assert measured[key] == pytest.approx(value, rel=1e-4, abs=1e-6), f"{path}{key}"
+
+
+@pytest.mark.slow  # two gloo processes
+def test_two_fsdp2_processes_shard_the_teacher_train_save_and_measure_like_one_process(tmp_path, minilm_path) -> None:
+    from safetensors.torch import load_file
+
+    from hf_pcoh.pipeline import evaluate_student_against_teacher, save_student
+
+    fields = dict(evaluate_after_training=True, max_eval_samples=24)
+    reference, setup = train(run_config(str(tmp_path / "one"), per_device_train_batch_size=2 * PER_PROCESS_BATCH,
+                                        **fields))
+    save_student(reference)
+    reference_evaluation = evaluate_student_against_teacher(setup, reference.model.student, reference.args.device)
+    run_two_processes(fsdp_worker, str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for record in ranks:
+        # student and teacher are sharded: each process holds about half of the teacher's parameters
+        assert record["student_sharded"] and record["teacher_sharded"]
+        assert record["teacher_local_numel"] <= 0.55 * record["teacher_numel"]
+    reference_logs = loss_logs(reference)
+    term = next(key for key in reference_logs[0] if key.startswith("loss/projected_mse"))
+    for step, expected in enumerate(reference_logs):
+        for record in ranks:
+            logged = record["logs"][step]
+            assert logged["loss"] == pytest.approx(expected["loss"], rel=1e-4, abs=1e-6)
+            # a per-process term (projected MSE on each process's own rows) is logged averaged over processes
+            assert logged[term] == pytest.approx(expected[term], rel=1e-4, abs=1e-6)
+    # the main process measured whole copies of the sharded student and teacher, and saved the student whole
+    assert ranks[0]["whole_copies"] and not ranks[1]["whole_copies"]
+    assert_same_measures(ranks[0]["evaluation"], reference_evaluation)
+    saved, expected = load_file(tmp_path / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert saved.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def cache_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
+    import numpy as np
+
+    import hf_pcoh.teacher_cache as teacher_cache
+
+    join_process_group(rank, world_size, port)
+    teacher_passes = []
+    run_teacher = teacher_cache.run_teacher
+
+    def counted_run_teacher(*args, **kwargs):
+        teacher_passes.append(1)
+        return run_teacher(*args, **kwargs)
+
+    teacher_cache.run_teacher = counted_run_teacher
+    try:
+        config = run_config(output_dir, teacher_cache=os.path.join(output_dir, "cache"), max_train_samples=40)
+        features = np.asarray(build_setup(config).train_dataset["teacher_features_0"])
+        np.save(os.path.join(output_dir, f"features{rank}.npy"), features)
+        with open(os.path.join(output_dir, f"passes{rank}.json"), "w", encoding="utf-8") as stream:
+            json.dump(len(teacher_passes), stream)
+    finally:
+        leave_process_group()
+
+
+@pytest.mark.slow  # two gloo processes
+def test_teacher_cache_is_computed_once_by_the_main_process_and_read_by_the_other(tmp_path, minilm_path) -> None:
+    import numpy as np
+
+    run_two_processes(cache_worker, str(tmp_path))
+    passes = [json.loads((tmp_path / f"passes{rank}.json").read_text()) for rank in range(2)]
+    assert passes[0] >= 1 and passes[1] == 0, passes  # rank 0 ran the teacher over the 40 rows; rank 1 never did
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    features = [np.load(tmp_path / f"features{rank}.npy") for rank in range(2)]
+    assert features[0].shape == (40, TINY_BERT["hidden_size"])
+    np.testing.assert_array_equal(features[0], features[1])
+
+
+# ---- gradient checkpointing ----------------------------------------------------------------------------
+
+
+def saved_activation_bytes(trainer: DistillationTrainer) -> int:
+    """Bytes autograd keeps for backward in one training forward of the student and heads (first batch)."""
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    teacher_features, _ = trainer.teacher_forward(inputs)
+    kept = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        kept.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    trainer.model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = trainer.model(student_inputs=inputs["student_inputs"], teacher_features=teacher_features)
+    output.loss.backward()
+    return sum(kept)
+
+
+def test_gradient_checkpointing_reaches_the_student_same_loss_fewer_activations(tmp_path, minilm_path) -> None:
+    student = dict(STUDENT, num_hidden_layers=4)
+    runs = {}
+    for checkpointing in (False, True):
+        config = run_config(str(tmp_path / str(checkpointing)), student_config=student, gradient_checkpointing=checkpointing,
+                            per_device_train_batch_size=2 * PER_PROCESS_BATCH)
+        runs[checkpointing], _ = train(config)
+    plain, checkpointed = runs[False], runs[True]
+    assert checkpointed.model.student.is_activation_checkpointing and not plain.model.student.is_activation_checkpointing
+    losses = {key: [entry["loss"] for entry in run.state.log_history if "loss" in entry] for key, run in runs.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-7)
+    # the checkpointed student keeps only its blocks' inputs, not their inner activations
+    assert saved_activation_bytes(checkpointed) < 0.5 * saved_activation_bytes(plain)

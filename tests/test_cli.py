@@ -19,7 +19,7 @@ def test_no_arguments_selects_the_embedded_minilm_wordnet_recipe() -> None:
     config = parse_distillation_args([])
     assert config.teacher_model_name_or_path == MINILM
     assert config.dataset_name == "wordnet_glosses"
-    assert config.losses == ["perception_coherence"]
+    assert config.losses == ["projected_mse"]  # the study's choice for this recipe (docs/study.md)
     assert set(builtin_recipes()) >= {"minilm-wordnet", "opt-wordnet", "fashion-mnist"}
 
 
@@ -243,14 +243,19 @@ def test_images_of_the_wrong_channel_count_are_refused(role, tmp_path, capsys, d
     assert not output_dir.exists() or not os.listdir(output_dir)
 
 
-def test_losses_on_the_command_line_drop_the_recipes_options_for_other_losses() -> None:
-    """``minilm-wordnet --losses cka``: the recipe's perception-coherence options do not make the run refuse."""
-    config = parse_distillation_args(["minilm-wordnet", "--losses", "cka", "--output_dir", "unused"])
+def test_losses_on_the_command_line_drop_the_recipes_options_for_other_losses(tmp_path) -> None:
+    """``recipe --losses cka``: the recipe's perception-coherence options do not make the run refuse."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("teacher_model_name_or_path: sentence-transformers/all-MiniLM-L6-v2\n"
+                      "student_config: {num_hidden_layers: 2}\ndataset_name: wordnet_glosses\n"
+                      "losses: [perception_coherence]\n"
+                      "loss_kwargs: {perception_coherence: {temperature: 0.1}}\n")
+    config = parse_distillation_args([str(recipe), "--losses", "cka", "--output_dir", "unused"])
     assert config.losses == ["cka"] and config.loss_kwargs == {}
-    kept = parse_distillation_args(["minilm-wordnet", "--loss", "perception_coherence", "cka", "--output_dir", "unused"])
+    kept = parse_distillation_args([str(recipe), "--loss", "perception_coherence", "cka", "--output_dir", "unused"])
     assert kept.loss_kwargs == {"perception_coherence": {"temperature": 0.1}}
     with pytest.raises(ValueError, match="does not use"):  # options the user typed are checked, not dropped
-        parse_distillation_args(["minilm-wordnet", "--losses", "cka", "--loss_kwargs", '{"gram": {}}',
+        parse_distillation_args([str(recipe), "--losses", "cka", "--loss_kwargs", '{"gram": {}}',
                                  "--output_dir", "unused"])
 
 

@@ -285,12 +285,22 @@ def result_path(output_dir: str, variant: Variant, seed: int) -> str:
     return os.path.join(output_dir, variant.benchmark, f"{variant.name}__seed{seed}.json")
 
 
+# Recipe fields every variant sets itself (its losses' options, the cache folder): a built-in recipe changing
+# them (as the study's own conclusions changed them) leaves the runs already stored valid.
+FIELDS_SET_BY_VARIANTS = ("loss_kwargs", "teacher_cache")
+
+
+def comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    recipe = {key: value for key, value in settings.get("recipe", {}).items() if key not in FIELDS_SET_BY_VARIANTS}
+    return {**settings, "recipe": recipe}
+
+
 def stored_result(path: str, settings: dict[str, Any]) -> dict[str, Any] | None:
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as stream:
         stored = json.load(stream)
-    return stored if stored.get("settings") == settings else None
+    return stored if comparable(stored.get("settings", {})) == comparable(settings) else None
 
 
 def variant_config(spec: BenchmarkSpec, variant: Variant, seed: int, run_dir: str, cache_dir: str) -> DistillationConfig:

@@ -25,34 +25,38 @@ from hf_pcoh.trainer import DistillationTrainer, NonFiniteLossError
 from tiny_models import MINILM, TINY_BERT
 
 
-class LossThatExplodes(ProjectedMSELoss):
-    """Projected MSE that returns NaN from its fourth call on (a stand-in for a run that cannot recover)."""
+class LossNaNOnSomeCalls(ProjectedMSELoss):
+    """Projected MSE that returns NaN on the calls ``nan_on_call`` picks (counted from 1)."""
+
+    def __init__(self, student_dim: int, teacher_dim: int) -> None:
+        super().__init__(student_dim, teacher_dim)
+        self.calls = 0
+
+    def nan_on_call(self, call: int) -> bool:
+        raise NotImplementedError
+
+    def forward(self, student, teacher, mask=None, labels=None):
+        self.calls += 1
+        value = super().forward(student, teacher, mask, labels)
+        return value * float("nan") if self.nan_on_call(self.calls) else value
+
+
+class LossThatExplodes(LossNaNOnSomeCalls):
+    """NaN from the fourth call on (a stand-in for a run that cannot recover)."""
 
     name = "explodes_after_three_steps"
 
-    def __init__(self, student_dim: int, teacher_dim: int) -> None:
-        super().__init__(student_dim, teacher_dim)
-        self.calls = 0
-
-    def forward(self, student, teacher, mask=None, labels=None):
-        self.calls += 1
-        value = super().forward(student, teacher, mask, labels)
-        return value * float("nan") if self.calls > 3 else value
+    def nan_on_call(self, call: int) -> bool:
+        return call > 3
 
 
-class LossNaNOnCallFive(ProjectedMSELoss):
-    """Projected MSE whose fifth call alone is NaN: one bad micro-batch."""
+class LossNaNOnCallFive(LossNaNOnSomeCalls):
+    """The fifth call alone is NaN: one bad micro-batch."""
 
     name = "nan_on_call_five"
 
-    def __init__(self, student_dim: int, teacher_dim: int) -> None:
-        super().__init__(student_dim, teacher_dim)
-        self.calls = 0
-
-    def forward(self, student, teacher, mask=None, labels=None):
-        self.calls += 1
-        value = super().forward(student, teacher, mask, labels)
-        return value * float("nan") if self.calls == 5 else value
+    def nan_on_call(self, call: int) -> bool:
+        return call == 5
 
 
 class LossNaNOnce(ProjectedMSELoss):

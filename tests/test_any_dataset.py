@@ -20,6 +20,9 @@ from hf_pcoh.trainer import DistillationTrainer
 
 from tiny_models import MINILM, TINY_BERT, TINY_RESNET, TINY_VIT
 
+# End-to-end runs on tiny models (seconds each): outside the fast inner loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 TINY_STUDENT = {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32}
 
 

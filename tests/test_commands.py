@@ -11,6 +11,9 @@ import pytest
 
 from hf_pcoh.commands import SUBCOMMANDS, main
 
+# End-to-end runs on tiny models (seconds each): outside the fast inner loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 COMMANDS = ("distill", "select-layers", "evaluate", "publish", "train-teacher")
 
 

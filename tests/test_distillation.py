@@ -107,6 +107,7 @@ def test_resume_from_checkpoint_restores_student_and_heads(tmp_path, minilm_path
         torch.testing.assert_close(value, trained_state[key], msg=key)
 
 
+@pytest.mark.slow  # a real teacher or a second process: seconds
 def test_real_minilm_teacher_run_writes_student_provenance_and_comparison(tmp_path, minilm_path) -> None:
     """The default recipe's path with the real all-MiniLM-L6-v2 teacher, shortened to a few steps."""
     config = DistillationConfig(

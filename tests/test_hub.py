@@ -552,6 +552,7 @@ def test_a_student_with_diverged_weights_is_never_published(run_dir: Path, bad_v
         assert hub.publish(run_dir, REPO_ID, token=FAKE_TOKEN, api=FakeHfApi(), max_abs_weight=1e5).uploaded
 
 
+@pytest.mark.slow  # a real teacher or a second process: seconds
 def test_a_folder_that_a_run_is_still_writing_is_not_published(run_dir: Path) -> None:
     import subprocess
     import sys

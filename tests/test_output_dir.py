@@ -17,6 +17,9 @@ from hf_pcoh.output_dir import LOCK_FILE, claim_output_dir
 
 from tiny_models import MINILM, TINY_BERT
 
+# End-to-end runs on tiny models (seconds each): outside the fast inner loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 TINY = ["--teacher_config", json.dumps(TINY_BERT), "--teacher_processor_name_or_path", MINILM,
         "--student_config", '{"num_hidden_layers": 1}', "--max_train_samples", "16", "--max_eval_samples", "24",
         "--max_steps", "2", "--save_steps", "1", "--per_device_train_batch_size", "8",
@@ -25,6 +28,7 @@ TINY = ["--teacher_config", json.dumps(TINY_BERT), "--teacher_processor_name_or_
 HOLD_THE_LOCK = """
 import sys, time
 from hf_pcoh.output_dir import claim_output_dir
+
 with claim_output_dir(sys.argv[1], resuming=False, overwrite=False):
     print("holding", flush=True)
     time.sleep(600)

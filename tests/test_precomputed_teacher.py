@@ -18,6 +18,9 @@ from hf_pcoh.trainer import DistillationTrainer
 
 from tiny_models import MINILM, TINY_BERT
 
+# End-to-end runs on tiny models (seconds each): outside the fast inner loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 COLUMN = "teacher_embedding"
 TRAIN_ROWS, TEST_ROWS = 48, 24
 

@@ -243,6 +243,7 @@ def test_each_loss_follows_the_sentence_transformers_loss_contract(name, tmp_pat
         loss([student.tokenize(TEXTS * 2)], torch.randn(len(TEXTS) * 2, 16))
 
 
+@pytest.mark.slow  # a real teacher or a second process: seconds
 def test_sentence_transformers_trainer_learns_with_perception_coherence(tmp_path, minilm_path) -> None:
     """SentenceTransformerTrainer trains a tiny student on real WordNet glosses, labelled by the real MiniLM
     teacher, with hf_pcoh's perception coherence: the loss falls and the student agrees more with the teacher."""

@@ -44,6 +44,7 @@ from transformers import AutoModel, PreTrainedModel, Trainer, set_seed
 
 from hf_pcoh import LOSSES, DistillationConfig, FeatureExtractor, __version__
 from hf_pcoh.collator import DistillationCollator
+from hf_pcoh.config import options_of_used_losses
 from hf_pcoh.data import load_splits
 from hf_pcoh.errors import unknown_name_message
 from hf_pcoh.evaluation import embed, evaluate_embeddings
@@ -193,11 +194,6 @@ def ensure_teacher(spec: TeacherSpec) -> None:
     )
     metrics = train_vision_teacher(arguments)
     logger.info("teacher in %s: test accuracy %.4f", spec.output_dir, metrics["test_accuracy"])
-
-
-def options_of_used_losses(loss_kwargs: dict[str, Any] | None, losses: Sequence[str]) -> dict[str, Any]:
-    """The recipe's loss options for the losses a row runs (options for a loss not run are an error)."""
-    return {name: options for name, options in (loss_kwargs or {}).items() if name in losses}
 
 
 def run_config(spec: BenchmarkSpec, losses: Sequence[str], seed: int, output_dir: str) -> DistillationConfig:

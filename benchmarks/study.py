@@ -44,9 +44,9 @@ from transformers import AutoModel, set_seed
 
 from benchmarks.quality import (
     EVALUATION_SEED, RUN_OVERRIDES, BenchmarkSpec, HeldOutSample, benchmark_specs, column_values, ensure_teacher,
-    options_of_used_losses, remove_weights, run_config, run_no_teacher_row, run_peer_row,
+    remove_weights, run_config, run_no_teacher_row, run_peer_row,
 )
-from hf_pcoh.config import DistillationConfig
+from hf_pcoh.config import DistillationConfig, options_of_used_losses
 from hf_pcoh.data import load_splits
 from hf_pcoh.evaluation import embed, evaluate_embeddings
 from hf_pcoh.models import count_parameters

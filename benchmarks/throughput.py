@@ -39,13 +39,13 @@ from torch.nn import functional as F
 from transformers import Trainer
 
 from hf_pcoh import LOSSES, DistillationConfig, DistillationTrainer, FeatureExtractor, Features
+from hf_pcoh.config import options_of_used_losses
 from hf_pcoh.data import load_splits
 from hf_pcoh.models import resolve_checkpoint
 from hf_pcoh.setup import DistillationSetup, build_setup
 from hf_pcoh.recipes import read_recipe
 from hf_pcoh.teacher_training import TeacherTrainingArguments, grey_image_processor
 
-from benchmarks.quality import options_of_used_losses
 
 TEACHER_FORWARD = "teacher forward"
 PLAIN_STUDENT_STEP = "student step, plain MSE"

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from .artifacts import LAYER_QUALITY_PLOT_FILE
-from .config import DistillationConfig
+from .config import DistillationConfig, options_of_used_losses
 from .evaluation import summary_line
 from .hub import PublishError
 from .pipeline import run_distillation
@@ -45,7 +45,7 @@ def recipe_for_command_line(recipe: dict[str, Any], argv: list[str]) -> dict[str
     chosen, _ = options.parse_known_args(argv)
     if chosen.losses is None or chosen.loss_kwargs is not None or not isinstance(recipe.get("loss_kwargs"), dict):
         return recipe
-    kept = {name: value for name, value in recipe["loss_kwargs"].items() if name in chosen.losses}
+    kept = options_of_used_losses(recipe["loss_kwargs"], chosen.losses)
     dropped = sorted(set(recipe["loss_kwargs"]) - set(kept))
     if dropped:
         logger.info("--losses %s: the recipe's options for %s are not used", " ".join(chosen.losses), ", ".join(dropped))

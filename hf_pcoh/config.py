@@ -40,6 +40,11 @@ def parse_layer(value: int | str, option: str) -> int | str:
         ) from None
 
 
+def options_of_used_losses(loss_kwargs: dict[str, Any] | None, losses: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``loss_kwargs`` narrowed to the losses a run uses (options for a loss not run are refused by the config)."""
+    return {name: options for name, options in (loss_kwargs or {}).items() if name in losses}
+
+
 def parse_json_option(value: Any, option: str) -> Any:
     """Accept a dict/list as is, or parse a JSON string given on the command line."""
     if value is None or isinstance(value, (dict, list)):

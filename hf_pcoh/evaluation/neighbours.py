@@ -23,8 +23,8 @@ from .validation import (
     check_ks,
     check_positive_int,
     check_same_rows,
-    check_same_width,
     encode_labels,
+    labelled_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,7 @@ def knn_accuracy(
         >>> knn_accuracy([[0.0], [1.0], [5.0]], [0, 0, 1], [[0.2], [4.0]], [0, 1], k=1, metric="euclidean")
         1.0
     """
-    train = as_matrix("train_embeddings", train_embeddings)
-    test = as_matrix("test_embeddings", test_embeddings)
-    check_same_width("test_embeddings", test, "train_embeddings", train)
-    train_y = as_labels("train_labels", train_labels, len(train), "train_embeddings")
-    test_y = as_labels("test_labels", test_labels, len(test), "test_embeddings")
+    train, train_y, test, test_y = labelled_splits(train_embeddings, train_labels, test_embeddings, test_labels)
     check_k("k", k, len(train), "train_embeddings has only this many points")
     sklearn_metric(metric)
     train_codes, test_codes = encode_labels(train_y, test_y)

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .validation import ArrayLike, LabelsLike, as_labels, as_matrix, check_positive_int, check_same_width
+from .validation import ArrayLike, LabelsLike, check_positive_int, labelled_splits
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,7 @@ def linear_probe_accuracy(
         >>> linear_probe_accuracy([[-2.0], [-1.0], [1.0], [2.0]], [0, 0, 1, 1], [[-3.0], [3.0]], [0, 1])
         1.0
     """
-    train = as_matrix("train_embeddings", train_embeddings)
-    test = as_matrix("test_embeddings", test_embeddings)
-    check_same_width("test_embeddings", test, "train_embeddings", train)
-    train_y = as_labels("train_labels", train_labels, len(train), "train_embeddings")
-    test_y = as_labels("test_labels", test_labels, len(test), "test_embeddings")
+    train, train_y, test, test_y = labelled_splits(train_embeddings, train_labels, test_embeddings, test_labels)
     classes = np.unique(train_y)
     if len(classes) < 2:
         raise ValueError(

@@ -61,6 +61,18 @@ def check_same_width(first_name: str, first: np.ndarray, second_name: str, secon
         )
 
 
+def labelled_splits(
+    train_embeddings: ArrayLike, train_labels: LabelsLike, test_embeddings: ArrayLike, test_labels: LabelsLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A labelled reference and labelled queries, checked alike for every classifier: ``(train, train_y, test, test_y)``."""
+    train = as_matrix("train_embeddings", train_embeddings)
+    test = as_matrix("test_embeddings", test_embeddings)
+    check_same_width("test_embeddings", test, "train_embeddings", train)
+    train_y = as_labels("train_labels", train_labels, len(train), "train_embeddings")
+    test_y = as_labels("test_labels", test_labels, len(test), "test_embeddings")
+    return train, train_y, test, test_y
+
+
 def check_k(name: str, k: int, limit: int, what: str) -> None:
     """``1 <= k <= limit``, else an error saying what ``limit`` counts."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= limit:

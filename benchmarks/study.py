@@ -124,8 +124,15 @@ def study_variants(benchmark: str) -> list[Variant]:
     for batch in (256, 1024):
         add(f"pc_cos_t0.1_b{batch}", "pc batch", loss_kwargs=pc(0.1, "cosine"),
             overrides=batch_overrides(batch, base_batch, base_lr, base_steps))
-    add("pc_cos_t0.1_b1024_m128", "pc batch", loss_kwargs=pc(0.1, "cosine", num_references=128),
-        overrides=batch_overrides(1024, base_batch, base_lr, base_steps))
+    for references in (128, 256):  # sampled references alone: the same batch and steps as the exact b1024 row
+        add(f"pc_cos_t0.1_b1024_m{references}", "pc batch", loss_kwargs=pc(0.1, "cosine", num_references=references),
+            overrides=batch_overrides(1024, base_batch, base_lr, base_steps))
+    # The sorted (ramp-kernel) soft rank: at the base batch beside the exact rank, and where it makes large
+    # batches cheap.
+    add("pc_cos_t0.1_sorted", "pc soft rank", loss_kwargs=pc(0.1, "cosine", soft_rank="sorted"))
+    for batch in (256, 1024):
+        add(f"pc_cos_t0.1_b{batch}_sorted", "pc soft rank", loss_kwargs=pc(0.1, "cosine", soft_rank="sorted"),
+            overrides=batch_overrides(batch, base_batch, base_lr, base_steps))
     for anchor in ("projected_mse", "procrustes"):
         for weight in (0.1, 0.3, 1.0):
             add(f"pc_cos_t0.1+{anchor}{weight:g}", "pc + anchor", losses=("perception_coherence", anchor),

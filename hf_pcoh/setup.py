@@ -493,6 +493,15 @@ def tokenized_training_set(setup: DistillationSetup) -> Dataset:
                          teacher_input_column=collator.teacher_input_column)
 
 
+def examples_drawn(config: DistillationConfig) -> int | None:
+    """Training examples a ``max_steps`` run draws (steps x batch per device x accumulation x processes), or
+    None for a run counted in epochs (each row is then drawn about ``num_train_epochs`` times)."""
+    if config.max_steps is None or config.max_steps <= 0:
+        return None
+    return (config.max_steps * config.per_device_train_batch_size * config.gradient_accumulation_steps
+            * max(1, config.world_size))
+
+
 def with_cached_teacher_features(setup: DistillationSetup) -> Dataset:
     """The training set with the teacher's features of every layer pair as columns, read from or written to the cache.
 
@@ -504,7 +513,7 @@ def with_cached_teacher_features(setup: DistillationSetup) -> Dataset:
     with_logits = config.logit_kd_weight > 0
     cache_dir = resolve_cache_dir(config.teacher_cache, setup.train_dataset, setup.teacher,
                                   setup.collator.teacher_processor, extractors, setup.collator.teacher_column,
-                                  setup.modality, config.max_length, with_logits)
+                                  setup.modality, config.max_length, with_logits, examples_drawn(config))
     if cache_dir is None:  # teacher_cache auto, and the teacher stays live
         return setup.train_dataset
     with config.main_process_first(local=config.save_on_each_node, desc="teacher features"):

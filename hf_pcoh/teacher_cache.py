@@ -11,8 +11,10 @@ Texts are embedded in order of length (as sentence-transformers' ``encode`` does
 padded to about its own texts' length; the rows are stored in the training set's order.
 
 ``--teacher_cache auto`` caches, under ``HF_DATASETS_CACHE``, only when that is sure to be right and to fit:
-a map-style training set without an on-the-fly transform, pooled features, and features that take at most
-half the free memory and half the free disk; otherwise the teacher runs live, as without the option
+a map-style training set without an on-the-fly transform, pooled features, features that take at most
+half the free memory and half the free disk, and a run that draws at least as many examples as the set
+has rows (with ``max_steps`` shorter than one epoch, computing every row's features costs more than
+running the teacher live on the rows drawn); otherwise the teacher runs live, as without the option
 (:func:`resolve_cache_dir` logs why).
 """
 
@@ -142,15 +144,21 @@ def free_disk(folder: str) -> int:
 
 def auto_cache_refusal(
     dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
-    modality: str, max_length: int, with_logits: bool, cache_dir: str,
+    modality: str, max_length: int, with_logits: bool, cache_dir: str, examples_drawn: int | None = None,
 ) -> str | None:
-    """Why ``teacher_cache: auto`` leaves the teacher live on this run, or None when its features are cached."""
+    """Why ``teacher_cache: auto`` leaves the teacher live on this run, or None when its features are cached.
+
+    ``examples_drawn``: how many training examples the run will draw (steps x global batch), when known.
+    """
     if not isinstance(dataset, Dataset):
         return "the training set is streamed"
     if dataset.format.get("type") == "custom":
         return "the training set has an on-the-fly transform (augmentation): the teacher must see each epoch's inputs"
     if len(dataset) < 2:
         return "the training set has fewer than 2 rows"
+    if examples_drawn is not None and examples_drawn < len(dataset):
+        return (f"the run draws {examples_drawn} examples, fewer than the training set's {len(dataset)} rows: the "
+                "teacher on those alone costs less than on every row")
     device = next(teacher.parameters()).device
     inputs = process(processor, list(dataset.select(range(2))[input_column]), modality, max_length)
     features, logits = run_teacher(teacher, {name: tensor.to(device) for name, tensor in inputs.items()}, extractors)
@@ -168,7 +176,7 @@ def auto_cache_refusal(
 
 def resolve_cache_dir(
     cache_dir: str | None, dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor],
-    input_column: str, modality: str, max_length: int, with_logits: bool,
+    input_column: str, modality: str, max_length: int, with_logits: bool, examples_drawn: int | None = None,
 ) -> str | None:
     """The folder of the teacher-feature cache of a run, or None when the teacher runs live: ``cache_dir`` as
     given, and for ``auto`` :func:`auto_cache_dir` unless :func:`auto_cache_refusal` finds a reason not to."""
@@ -176,7 +184,7 @@ def resolve_cache_dir(
         return cache_dir
     folder = auto_cache_dir()
     reason = auto_cache_refusal(dataset, teacher, processor, extractors, input_column, modality, max_length,
-                                with_logits, folder)
+                                with_logits, folder, examples_drawn)
     if reason is not None:
         logger.info("teacher_cache auto: the teacher runs live, as %s", reason)
         return None

@@ -437,6 +437,13 @@ class DistillationTrainer(Trainer):
         self.non_finite_guard.record_loss(loss, self.last_terms)
         return loss
 
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        """The Trainer's gradient norm (computed for clipping and logging), handed to the non-finite guard so
+        that it need not scan every gradient again (:mod:`hf_pcoh.non_finite`)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.non_finite_guard.record_gradient_norm(grad_norm)
+        return grad_norm
+
     def guard_update(self) -> None:
         """Skip the coming update, or checkpoint the state before it and stop, when its loss or gradients are
         NaN/inf on any process, as ``non_finite_loss`` says (:mod:`hf_pcoh.non_finite`).

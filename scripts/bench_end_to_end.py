@@ -1,6 +1,8 @@
 """hf_pcoh end to end beside the sentence-transformers recipe, on the same distillation job, on this machine.
 
-    python scripts/bench_end_to_end.py                          # 20,000 glosses, batch 64 (under 15 min on 2 CPU cores)
+    python scripts/bench_end_to_end.py                          # 20,000 glosses, batch 64: the recipe vs hf_pcoh as the
+                                                                # minilm-wordnet recipe runs it (about 10 min on 2 CPU cores)
+    python scripts/bench_end_to_end.py --variants hf_pcoh hf_pcoh_cache_auto   # also the teacher live
     python scripts/bench_end_to_end.py --threads 2 --rounds 2   # ABBA order, median wall time
     python scripts/bench_end_to_end.py --smoke                  # tiny sizes, about a minute
 

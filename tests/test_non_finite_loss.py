@@ -204,6 +204,35 @@ def test_non_finite_gradients_with_a_finite_loss_stop_the_run_too(tmp_path, test
     assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
 
 
+def test_the_guard_reads_the_trainers_gradient_norm_and_scans_gradients_only_when_it_is_not_finite(
+    tmp_path, test_losses, minilm_path, monkeypatch
+) -> None:
+    """A finite clipping norm means finite gradients: no second pass over them. The trainer hands the guard
+    its norm at every update; the scan that names parameters runs only for a non-finite (or missing) norm."""
+    from hf_pcoh import non_finite
+
+    scans: list[int] = []
+    scan = non_finite.non_finite_gradients
+    monkeypatch.setattr(non_finite, "non_finite_gradients", lambda model: scans.append(1) or scan(model))
+    trainer = trainer_for(tmp_path, "projected_mse", max_steps=3, max_grad_norm=1.0)
+    norms: list[float | None] = []
+    record = trainer.non_finite_guard.record_gradient_norm
+    trainer.non_finite_guard.record_gradient_norm = lambda norm: norms.append(norm) or record(norm)
+    trainer.train()
+    assert len(norms) == 3 and all(np.isfinite(float(norm)) for norm in norms) and scans == []
+
+    guard = non_finite.NonFiniteGuard()
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.tensor([[1.0, float("nan")], [0.0, 0.0]])
+    model.bias.grad = torch.zeros(2)
+    guard.record_gradient_norm(torch.tensor(float("nan")))
+    assert guard.check_update(model) == "the gradient of weight became NaN/inf"
+    assert guard.check_update(model) == "the gradient of weight became NaN/inf"  # no norm given: the scan decides
+    guard.record_gradient_norm(3.0)
+    model.weight.grad = torch.ones(2, 2)
+    assert guard.check_update(model) is None and len(scans) == 2
+
+
 def test_skip_policy_drops_bad_updates_and_finishes_with_finite_weights(tmp_path, test_losses, minilm_path) -> None:
     trainer = trainer_for(tmp_path, LossThatExplodes.name, "skip", max_steps=5, max_consecutive_skips=2)
     weights = recorded(trainer)

@@ -103,6 +103,12 @@ def test_auto_leaves_the_teacher_live_when_caching_would_be_wrong_or_too_big(tmp
             "text", config.max_length, False, teacher_cache.auto_cache_dir())
 
     assert refusal(setup.train_dataset) is None
+    short = teacher_cache.auto_cache_refusal(
+        setup.train_dataset, setup.teacher, setup.collator.teacher_processor, teacher_extractors(config, setup.teacher),
+        "text", "text", config.max_length, False, teacher_cache.auto_cache_dir(), examples_drawn=48)
+    assert "draws 48 examples, fewer than the training set's 64 rows" in short
+    short_run = build_setup(config_for(tmp_path / "short", teacher_cache="auto", max_steps=3))  # 3 x 16 < 64 rows
+    assert "teacher_features_0" not in short_run.train_dataset.column_names
     assert "on-the-fly transform" in refusal(setup.train_dataset.with_transform(lambda batch: batch))
     monkeypatch.setattr(teacher_cache, "available_memory", lambda: 1000)
     assert "half the free memory" in refusal(setup.train_dataset)

@@ -11,7 +11,9 @@ The naive reference is perception coherence with ``implementation="reference"`` 
 on the same batch (loss value and gradient). It is skipped, and the table says so, where its estimated
 memory exceeds ``naive_memory_fraction`` of what is available.
 
-``scripts/bench_losses.py`` is the command line.
+A loss may carry options as ``NAME:KEY=VALUE,KEY=VALUE`` (values read as YAML), e.g.
+``perception_coherence:soft_rank=sorted`` or ``perception_coherence:num_references=128``, to price its
+variants side by side. ``scripts/bench_losses.py`` is the command line.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ DEFAULT_LOSSES = ["perception_coherence", "cospress", "procrustes", "gram", "cka
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME"`` or ``"NAME:KEY=VALUE,KEY=VALUE"`` -> (loss name, options); values are read as YAML."""
+    import yaml
+
+    name, _, options_text = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, options_text.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"losses: {spec!r}: write options as NAME:KEY=VALUE,KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return name, options
+
+
 @dataclass
 class LossCostOptions:
     """What ``scripts/bench_losses.py`` measures: which losses, at which batch sizes and widths, where."""
@@ -53,9 +69,12 @@ class LossCostOptions:
     naive_memory_fraction: float = 0.5  # run the naive reference only below this share of the free memory
 
     def __post_init__(self) -> None:
-        for name in self.losses:
+        for spec in self.losses:
+            name, options = parse_loss_spec(spec)
             if name not in LOSSES:
                 raise ValueError(f"losses: {unknown_name_message('loss', name, list(LOSSES))}")
+            if options:
+                build_loss(name, student_dim=self.dim, teacher_dim=self.teacher_dim, **options)  # bad options fail now
         if not self.batch_sizes or min(self.batch_sizes) < 2:
             raise ValueError(f"batch_sizes={self.batch_sizes}: give at least one batch size, each >= 2")
         if self.dim < 1 or self.teacher_dim < 1:
@@ -103,7 +122,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         loss = build_loss(name, student_dim=dim, teacher_dim=dim)
         teacher_dim = dim
     else:
-        loss = build_loss(name, student_dim=dim, teacher_dim=teacher_dim)
+        loss_name, loss_options = parse_loss_spec(name)
+        loss = build_loss(loss_name, student_dim=dim, teacher_dim=teacher_dim, **loss_options)
     loss = loss.to(device)
     student = torch.randn(batch_size, dim, device=device, requires_grad=True)
     teacher = torch.randn(batch_size, teacher_dim, device=device)

@@ -139,6 +139,10 @@ def study_variants(benchmark: str) -> list[Variant]:
                 loss_weights=(1.0, weight), loss_kwargs=pc(0.1, "cosine"))
     for loss in ("projected_mse", "procrustes", "gram", "cka", "rkd_distance", "cospress"):
         add(loss, "other losses", losses=(loss,))
+    # CosPress's map started at the identity (ours): with and without the recipe's LayerNorm.
+    add("cospress_identity", "cospress map", losses=("cospress",),
+        loss_kwargs={"cospress": {"map_init": "identity", "map_layer_norm": False}})
+    add("cospress_identity_ln", "cospress map", losses=("cospress",), loss_kwargs={"cospress": {"map_init": "identity"}})
     add("no_teacher_ce", "references", kind="no_teacher")
     if benchmark == "text":
         add("sentence_transformers_mse", "references", kind="peer")

@@ -3,6 +3,8 @@
     python scripts/bench_losses.py                                   # all losses, B = 256 1024 2048 4096
     python scripts/bench_losses.py --batch-sizes 256 512 --losses perception_coherence procrustes --device cuda
     python scripts/bench_losses.py --json results.json               # also write the rows as JSON
+    python scripts/bench_losses.py --losses perception_coherence perception_coherence:soft_rank=sorted \
+        perception_coherence:num_references=128                      # variants of one loss (NAME:KEY=VALUE,...)
 
 Each measurement runs in its own subprocess so that its peak memory is its own; :mod:`benchmarks.loss_cost`
 holds the logic and says how time and memory are measured.
@@ -24,7 +26,7 @@ from benchmarks.loss_cost import DEFAULT_LOSSES, LossCostOptions, markdown_table
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", "--batch_sizes", type=int, nargs="+", default=[256, 1024, 2048, 4096])
-    parser.add_argument("--losses", nargs="+", default=DEFAULT_LOSSES, help="registry names (default: all)")
+    parser.add_argument("--losses", nargs="+", default=DEFAULT_LOSSES, help="registry names, each optionally with options as NAME:KEY=VALUE,KEY=VALUE (default: all)")
     parser.add_argument("--dim", type=int, default=384, help="student feature width (and number of classes for logit_kd)")
     parser.add_argument("--teacher-dim", "--teacher_dim", type=int, default=768, help="teacher feature width")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:0, ...)")

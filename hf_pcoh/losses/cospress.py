@@ -23,6 +23,16 @@ between points survive, and the student regresses onto the compressed features:
   (``feature_metric="mse"``: mean squared error instead, for both).
 
 ``L = lambda_local L_local + lambda_global L_global + lambda_feature L_feature + lambda_token L_token``.
+
+The map (the recipe's): ``h(t) = W LN(t) + b``, LayerNorm then a linear layer, from random weights. Two
+options of ours, for a student that already lives in the teacher's space (initialised from its layers):
+``map_init="identity"`` starts ``W`` at the (rectangular) identity and ``b`` at 0, and
+``map_layer_norm=False`` drops the LayerNorm. Why they matter: ``LN`` centres and scales each vector over
+its own coordinates, so ``cos(LN t_i, LN t_j)`` is the *Pearson correlation* of ``t_i`` and ``t_j``, not
+their cosine; and a random ``W`` is a random linear image of the teacher's space, which the student is
+pulled towards while ``h`` is still being learned. With both (and equal widths) ``h`` starts as the
+identity: the map losses are 0 and stay there, and the token term is ``1 - cos(s, t)``, a cosine
+regression onto the teacher itself.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ MASKED_LOGIT = -1.0e9
 FormName = Literal["full", "rowwise"]
 FeatureMetricName = Literal["cosine", "mse"]
 GlobalTokenName = Literal["first", "mean"]
+MapInitName = Literal["random", "identity"]
 
 
 # Teacher rows whose largest entry exceeds this are divided by it before h: LayerNorm would overflow
@@ -236,7 +247,9 @@ class CosPressLoss(DistillationLoss):
 
     Options: ``temperatures`` (default 0.01..0.10), ``form`` ``"full"`` (default) or ``"rowwise"``,
     ``feature_metric`` ``"cosine"`` (default) or ``"mse"``, ``global_token`` ``"first"`` or ``"mean"``,
-    ``lambda_local``, ``lambda_global``, ``lambda_feature``, ``lambda_token`` (1.0 each).
+    ``lambda_local``, ``lambda_global``, ``lambda_feature``, ``lambda_token`` (1.0 each), ``map_init``
+    ``"random"`` (default, the recipe) or ``"identity"`` (``W`` = rectangular identity, ``b`` = 0),
+    ``map_layer_norm`` (default True, the recipe; False: ``h(t) = W t + b``).
 
     After each call, ``parts`` holds the unweighted terms that were computed (detached, for logging):
     ``global_map`` (``L_global``), ``token`` (``L_token``) and, for tokens, ``local_map``, ``feature``.
@@ -265,6 +278,8 @@ class CosPressLoss(DistillationLoss):
         lambda_global: float = 1.0,
         lambda_feature: float = 1.0,
         lambda_token: float = 1.0,
+        map_init: MapInitName = "random",
+        map_layer_norm: bool = True,
     ) -> None:
         super().__init__(student_dim, teacher_dim)
         temperatures = tuple(float(tau) for tau in temperatures)
@@ -286,7 +301,16 @@ class CosPressLoss(DistillationLoss):
         self.global_token = global_token
         self.lambda_local, self.lambda_global = float(lambda_local), float(lambda_global)
         self.lambda_feature, self.lambda_token = float(lambda_feature), float(lambda_token)
-        self.compression = nn.Sequential(nn.LayerNorm(teacher_dim), nn.Linear(teacher_dim, student_dim, bias=True))
+        if map_init not in ("random", "identity"):
+            raise ValueError(f"map_init={map_init!r} must be 'random' (the recipe) or 'identity' (h starts as the "
+                             "identity: for a student initialised from the teacher)")
+        self.map_init, self.map_layer_norm = map_init, bool(map_layer_norm)
+        normalisation = nn.LayerNorm(teacher_dim) if self.map_layer_norm else nn.Identity()
+        self.compression = nn.Sequential(normalisation, nn.Linear(teacher_dim, student_dim, bias=True))
+        if map_init == "identity":
+            with torch.no_grad():
+                self.compression[1].weight.copy_(torch.eye(student_dim, teacher_dim))
+                self.compression[1].bias.zero_()
 
     def compress(self, teacher: torch.Tensor) -> torch.Tensor:
         """``h(teacher)``: ``[..., d_t] -> [..., d_s]`` in float32 (gradients reach ``h`` only)."""
@@ -369,5 +393,6 @@ class CosPressLoss(DistillationLoss):
         return (
             f"{super().extra_repr()}, form={self.form!r}, feature_metric={self.feature_metric!r}, "
             f"temperatures={list(self.temperatures)}, lambdas=(local={self.lambda_local}, global={self.lambda_global}, "
-            f"feature={self.lambda_feature}, token={self.lambda_token})"
+            f"feature={self.lambda_feature}, token={self.lambda_token}), map_init={self.map_init!r}, "
+            f"map_layer_norm={self.map_layer_norm}"
         )

@@ -68,3 +68,19 @@ def test_options_name_what_to_fix() -> None:
         LossCostOptions(losses=["perception_coherense"])
     with pytest.raises(ValueError, match="batch_sizes=\\[1\\]"):
         LossCostOptions(batch_sizes=[1])
+
+
+def test_a_loss_with_options_is_priced_as_that_variant() -> None:
+    from benchmarks.loss_cost import parse_loss_spec
+
+    assert parse_loss_spec("perception_coherence:soft_rank=sorted,num_references=128") == (
+        "perception_coherence", {"soft_rank": "sorted", "num_references": 128})
+    assert parse_loss_spec("cka") == ("cka", {})
+    sorted_rank = measure({"loss": "perception_coherence:soft_rank=sorted", **SMALL})
+    default = measure({"loss": "perception_coherence", **SMALL})
+    assert sorted_rank["value"] != pytest.approx(default["value"], abs=1e-9)  # another kernel, another value
+    assert 0 < sorted_rank["value"] < 1
+    with pytest.raises(ValueError, match="soft_rank='bogus'"):
+        LossCostOptions(losses=["perception_coherence:soft_rank=bogus"])
+    with pytest.raises(ValueError, match="NAME:KEY=VALUE"):
+        LossCostOptions(losses=["perception_coherence:sorted"])

@@ -184,6 +184,9 @@ def recipe_setup(
         output_dir=output_dir, per_device_train_batch_size=batch_size, max_train_samples=batch_size * num_batches,
         use_cpu=device == "cpu", bf16=bf16, report_to="none", disable_tqdm=True, save_strategy="no",
         evaluate_after_training=False, push_to_hub=False,
+        # The teacher must be in the loop for the distillation-step column (a recipe's teacher_cache would turn
+        # it into a cached step); the from-cache column gives precomputed features itself.
+        teacher_cache=None,
     )
     return build_setup(DistillationConfig(**values)), note
 

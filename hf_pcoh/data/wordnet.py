@@ -11,6 +11,8 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
+from .splits import stratified_train_test_split
+
 WORDNET_DIR = Path("/usr/share/wordnet")
 PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")
 # The lexicographer files of WordNet 3.0, by number (wordnet's lexnames(5WN)).
@@ -50,4 +52,4 @@ def load_wordnet_glosses(test_size: float = 0.1, seed: int = 0, wordnet_dir: Pat
     texts, labels = read_glosses(wordnet_dir)
     features = Features({"text": Value("string"), "label": ClassLabel(names=list(LEXICOGRAPHER_FILES))})
     dataset = Dataset.from_dict({"text": texts, "label": labels}, features=features)
-    return dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
+    return stratified_train_test_split(dataset, labels, test_size, seed)

@@ -80,6 +80,22 @@ def test_missing_vision_teacher_is_replaced_by_an_untrained_resnet_of_the_recipe
     assert "untrained ResNet" in markdown_table(rows)
 
 
+def test_a_recipe_that_caches_the_teacher_is_timed_with_the_teacher_in_the_loop(tmp_path, monkeypatch) -> None:
+    """The distillation-step column times the teacher's forward: a recipe's teacher_cache must not replace it."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    recipe = tmp_path / "cached.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "teacher_model_name_or_path": str(tmp_path / "no-teacher-here"), "student_config": TINY_VIT,
+        "dataset_name": "digits", "pooling": "mean", "teacher_pooling": "gap", "losses": ["projected_mse"],
+        "teacher_cache": "auto", "num_train_epochs": 1,
+    }))
+    setup, _ = recipe_setup(str(recipe), str(tmp_path / "run"), batch_size=8, num_batches=2)
+    assert not any(column.startswith("teacher_features") for column in setup.train_dataset.column_names)
+    assert not (tmp_path / "hf_datasets" / "hf_pcoh_teacher_features").exists()
+
+
 def test_loss_selection_names_only_feature_losses() -> None:
     assert benchmarked_losses() == FEATURE_LOSSES
     with pytest.raises(ValueError, match="logit_kd"):

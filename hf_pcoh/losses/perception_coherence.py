@@ -54,7 +54,7 @@ from ..citations import PERCEPTION_COHERENCE as PERCEPTION_COHERENCE_CITATION
 from .base import DistillationLoss, register_loss
 from .dissimilarity import Cosine, Dissimilarity, Euclidean, SquaredEuclidean, get_dissimilarity
 from .numerics import as_float, divide_by_largest
-from .sorted_soft_rank import sorted_hard_ranks, sorted_soft_ranks
+from .sorted_soft_rank import SortedRankDisagreement, fixed_sorted_soft_ranks, sorted_hard_ranks
 from .soft_rank import (
     SoftRankDisagreement,
     fixed_soft_ranks_chunked,
@@ -217,10 +217,7 @@ class PerceptionCoherenceLoss(DistillationLoss):
                 teacher_ranks = self.teacher_ranks(teacher_d if all_references else teacher_d[references], references)
                 del teacher_d
                 weights = None if self.locality is None else locality_weights(teacher_ranks, references, self.locality)
-            if self.soft_rank == "sorted":
-                student_d = self.scaled_dissimilarities(student, self.dissimilarity)
-                student_ranks = sorted_soft_ranks(student_d[references], references, self.temperature)
-            elif self.implementation == "reference":
+            if self.implementation == "reference":
                 student_d = self.scaled_dissimilarities(student, self.dissimilarity)
                 student_ranks = soft_ranks_reference(student_d[references], references, self.temperature)
             else:
@@ -231,9 +228,11 @@ class PerceptionCoherenceLoss(DistillationLoss):
                     student_d = checkpoint(self.scaled_dissimilarities, student, self.dissimilarity, use_reentrant=False)
                 else:
                     student_d = self.scaled_dissimilarities(student, self.dissimilarity)
+                student_rows = student_d if all_references else student_d[references]
+                if self.soft_rank == "sorted":
+                    return SortedRankDisagreement.apply(student_rows, teacher_ranks, references, self.temperature, weights)
                 return SoftRankDisagreement.apply(
-                    student_d if all_references else student_d[references], teacher_ranks, references,
-                    self.temperature, self.reference_chunk_size, weights,
+                    student_rows, teacher_ranks, references, self.temperature, self.reference_chunk_size, weights,
                 )
             if weights is not None:
                 weights = weights.to(student_ranks.dtype)
@@ -259,7 +258,7 @@ class PerceptionCoherenceLoss(DistillationLoss):
         if self.soft_rank == "sorted":
             if self.hard_teacher_ranks:
                 return sorted_hard_ranks(reference_rows, references)
-            return sorted_soft_ranks(reference_rows, references, self.temperature)
+            return fixed_sorted_soft_ranks(reference_rows, references, self.temperature)
         if self.implementation == "reference":
             if self.hard_teacher_ranks:
                 return hard_ranks(reference_rows, references)

@@ -185,8 +185,8 @@ def recipe_setup(
         use_cpu=device == "cpu", bf16=bf16, report_to="none", disable_tqdm=True, save_strategy="no",
         evaluate_after_training=False, push_to_hub=False,
         # The teacher must be in the loop for the distillation-step column (a recipe's teacher_cache would turn
-        # it into a cached step); the from-cache column gives precomputed features itself.
-        teacher_cache=None,
+        # it into a cached step): only a caller's own teacher_cache (the epoch table's) is kept.
+        teacher_cache=overrides.get("teacher_cache"),
     )
     return build_setup(DistillationConfig(**values)), note
 

@@ -94,6 +94,10 @@ def test_a_recipe_that_caches_the_teacher_is_timed_with_the_teacher_in_the_loop(
     setup, _ = recipe_setup(str(recipe), str(tmp_path / "run"), batch_size=8, num_batches=2)
     assert not any(column.startswith("teacher_features") for column in setup.train_dataset.column_names)
     assert not (tmp_path / "hf_datasets" / "hf_pcoh_teacher_features").exists()
+    from benchmarks.cache_epochs import cached_recipe_setup
+
+    cached, _ = cached_recipe_setup(str(recipe), str(tmp_path / "cached"), batch_size=8, num_batches=2)
+    assert "teacher_features_0" in cached.train_dataset.column_names  # the epoch table's own cache is kept
 
 
 def test_loss_selection_names_only_feature_losses() -> None:

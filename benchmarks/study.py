@@ -171,6 +171,8 @@ def study_specs(teachers_dir: str) -> dict[str, BenchmarkSpec]:
                                 per_device_train_batch_size=TEXT_BATCH, max_length=32, logging_steps=50)
     specs["vision"].recipe.update(max_train_samples=20000, max_steps=VISION_STEPS, per_device_train_batch_size=VISION_BATCH,
                                   logging_steps=100)
+    for spec in specs.values():  # each variant sets its own losses' options: a recipe's must not leak into them
+        spec.recipe.pop("loss_kwargs", None)
     specs["text"].num_queries, specs["text"].num_reference = 1000, 1000
     specs["vision"].num_queries, specs["vision"].num_reference = 1000, 2000
     return specs

@@ -19,7 +19,8 @@ def test_no_arguments_selects_the_embedded_minilm_wordnet_recipe() -> None:
     config = parse_distillation_args([])
     assert config.teacher_model_name_or_path == MINILM
     assert config.dataset_name == "wordnet_glosses"
-    assert config.losses == ["projected_mse"]  # the study's choice for this recipe (docs/study.md)
+    assert config.losses == ["cospress"]  # the study's choice for this recipe (docs/study.md)
+    assert config.loss_kwargs == {"cospress": {"map_init": "identity"}}
     assert set(builtin_recipes()) >= {"minilm-wordnet", "opt-wordnet", "fashion-mnist"}
 
 

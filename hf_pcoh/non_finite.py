@@ -59,11 +59,13 @@ class NonFiniteGuard:
         self.check_gradients = check_gradients
         self.bad_terms: list[str] = []  # the non-finite terms seen in this window, on this process
         self.consecutive_skips = 0
-        self.gradient_norm: float | None = None  # the window's total gradient norm, when the trainer gave it
+        # The window's total gradient norm as the trainer gave it (a tensor or a number), or None; read only when
+        # gradients are checked, so that fp16 and DeepSpeed runs pay no device sync for it.
+        self.gradient_norm: torch.Tensor | float | None = None
 
     def record_gradient_norm(self, norm: torch.Tensor | float | None) -> None:
         """Note the total gradient norm of the coming update (the Trainer's clipping norm), or None."""
-        self.gradient_norm = None if norm is None else float(norm)
+        self.gradient_norm = norm
 
     def record_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         """Note a micro-batch's loss; one device sync (the Trainer's own NaN filter makes one too)."""
@@ -76,8 +78,9 @@ class NonFiniteGuard:
         A collective: every process calls it at every optimizer step.
         """
         norm, self.gradient_norm = self.gradient_norm, None
-        norm_is_finite = norm is not None and math.isfinite(norm)
-        bad_gradients = non_finite_gradients(model) if self.check_gradients and not norm_is_finite else []
+        bad_gradients = []
+        if self.check_gradients and (norm is None or not math.isfinite(float(norm))):  # one sync, as the scan made
+            bad_gradients = non_finite_gradients(model)
         bad_terms, self.bad_terms = sorted(set(self.bad_terms)), []
         loss_bad, gradients_bad = any_process([bool(bad_terms), bool(bad_gradients)], device)
         if loss_bad:

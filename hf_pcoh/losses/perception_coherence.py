@@ -39,8 +39,8 @@ memory) live in ``soft_rank.py``. Both cost ``O(m B^2)`` comparisons (``O(B^3)``
 reference: seconds per step at ``B = 1024`` on a CPU). ``soft_rank = "sorted"`` (ours) swaps the sigmoid
 for its clipped tangent at 0 (a ramp of the same slope, so ``tau`` means the same) and computes that
 rank exactly by sorting each row: ``O(m B log B)`` time and ``O(m B)`` memory (``sorted_soft_rank.py``).
-Here, the student's dissimilarity matrix is also recomputed in backward (activation checkpointing) once the batch reaches ``CHECKPOINT_MIN_BATCH`` points, so that its
-``[B, B]`` intermediates are not kept either.
+Here, the student's dissimilarity matrix is also recomputed in backward (activation checkpointing) once the
+batch reaches ``CHECKPOINT_MIN_BATCH`` points, so that its ``[B, B]`` intermediates are not kept either.
 """
 
 from __future__ import annotations

@@ -71,24 +71,10 @@ def sorted_soft_ranks(
 ) -> torch.Tensor:
     """Ramp soft ranks ``R_i(j)`` ``[m, B]`` of ``[m, B]`` reference rows, by sorting (module docstring).
 
-    Differentiable in ``reference_rows``; ``O(m B log B)`` time, ``O(m B)`` memory, entry ``j = i`` is 0.
+    Differentiable in ``reference_rows`` (autograd through :func:`block_ranks`, all references in one block);
+    ``O(m B log B)`` time, entry ``j = i`` is 0. The loss's path is :class:`SortedRankDisagreement`.
     """
-    num_references, batch_size = reference_rows.shape
-    half_width = RAMP_HALF_WIDTH
-    scaled = reference_rows.double() / temperature  # [m, B]
-    sorted_values = torch.sort(scaled, dim=1).values
-    prefix = torch.nn.functional.pad(torch.cumsum(sorted_values, dim=1), (1, 0))  # prefix[:, p] = sum of the p smallest
-    with torch.no_grad():  # window bounds are integers: no gradient flows through them
-        keys = sorted_values.detach().contiguous()
-        below = torch.searchsorted(keys, (scaled.detach() - half_width).contiguous(), right=True)  # x_k <= a - h
-        before_end = torch.searchsorted(keys, (scaled.detach() + half_width).contiguous(), right=False)  # x_k < a + h
-    in_window = (before_end - below).to(scaled.dtype)
-    window_sum = prefix.gather(1, before_end) - prefix.gather(1, below)
-    ramp_sums = below.to(scaled.dtype) + in_window * (scaled / (2.0 * half_width) + 0.5) - window_sum / (2.0 * half_width)
-    to_reference = scaled - scaled.gather(1, reference_index[:, None])  # x_ij - x_ii
-    ranks = (ramp_sums - 0.5 - ramp(to_reference)) / (batch_size - 2)  # less the k = j and k = i terms
-    ranks = ranks.scatter(1, reference_index[:, None], 0.0)
-    return ranks.to(reference_rows.dtype)
+    return block_ranks(reference_rows.double() / temperature, reference_index)[0].to(reference_rows.dtype)
 
 
 def sorted_hard_ranks(reference_rows: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
@@ -124,7 +110,11 @@ def sorted_windows(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def block_ranks(scaled: torch.Tensor, reference_index: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Ramp soft ranks of float64 scaled rows ``[c, B]`` (no autograd), and the windows for the gradient."""
+    """Ramp soft ranks of float64 scaled rows ``[c, B]``, and the windows for :func:`block_row_gradients`.
+
+    Differentiable in ``scaled`` through the sorted values, their prefix sums and ``scaled`` itself (the
+    window positions are integers), which is how :func:`sorted_soft_ranks` gets its autograd gradient.
+    """
     batch_size = scaled.shape[1]
     order, below, before_end, prefix = sorted_windows(scaled)
     in_window = (before_end - below).to(scaled.dtype)

@@ -10,8 +10,10 @@ Because nothing has touched the weights or the optimizer's moments yet, that che
 good state.
 
 The gradients are judged by the norm the Trainer computes anyway for clipping (and logging) before this
-point: a finite total norm means every gradient is finite, so the usual update costs no extra pass over the
-gradients (on a 2-layer MiniLM student, a separate ``isfinite`` pass took ~10x the norm's time, about 5% of
+point, with or without clipping (``max_grad_norm 0``): the update is judged as a whole, so a non-finite total
+norm is a bad update even when every element is finite (the sum of squares overflowed float32: with clipping,
+the update is scaled by 1/inf to nothing; without, steps of ~1e19 reach the weights). A finite total norm means
+every gradient is finite, so the usual update costs no extra pass over the gradients (on a 2-layer MiniLM student, a separate ``isfinite`` pass took ~10x the norm's time, about 5% of
 a CPU training step). Only a non-finite norm, or one this guard was not given, makes it look at each
 parameter's gradient, to name the bad ones.
 
@@ -30,6 +32,10 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .distributed import any_process
+
+
+# Stands for "no parameter's gradient is NaN/inf, but their total norm is" in the list of bad gradients.
+OVERFLOWED_NORM = "<total gradient norm>"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,8 +85,14 @@ class NonFiniteGuard:
         """
         norm, self.gradient_norm = self.gradient_norm, None
         bad_gradients = []
+        norm_overflowed = False
         if self.check_gradients and (norm is None or not math.isfinite(float(norm))):  # one sync, as the scan made
             bad_gradients = non_finite_gradients(model)
+            # Every element finite and yet the norm is not: the sum of squares overflowed. Such an update is as bad
+            # as a NaN one (clipping by an infinite norm zeroes it, no clipping lets ~1e19-sized steps through).
+            norm_overflowed = norm is not None and not bad_gradients
+        if norm_overflowed:
+            bad_gradients = [OVERFLOWED_NORM]
         bad_terms, self.bad_terms = sorted(set(self.bad_terms)), []
         loss_bad, gradients_bad = any_process([bool(bad_terms), bool(bad_gradients)], device)
         if loss_bad:
@@ -89,6 +101,9 @@ class NonFiniteGuard:
         if gradients_bad:
             if not bad_gradients:
                 return "the gradients of another process became NaN/inf"
+            if bad_gradients == [OVERFLOWED_NORM]:
+                return ("the total gradient norm became NaN/inf (each gradient element is finite: the sum of their "
+                        "squares overflowed)")
             more = f" and {len(bad_gradients) - 1} more" if len(bad_gradients) > 1 else ""
             return f"the gradient of {bad_gradients[0]}{more} became NaN/inf"
         return None

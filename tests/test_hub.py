@@ -152,7 +152,6 @@ def no_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
-    monkeypatch.setattr("huggingface_hub.utils._auth._get_token_from_google_colab", lambda: None)
     assert hub.get_token() is None
 
 

@@ -146,10 +146,9 @@ def test_fsdp_config_shards_fully_wraps_student_blocks_and_saves_a_full_state_di
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     environment, _ = launch_environment(ACCELERATE_CONFIGS / "fsdp.yaml")
-    # Building the plugin looks up the current GPU (for sync_module_states): pretend there is one.
-    with mock.patch.dict(os.environ, environment), \
-            mock.patch("accelerate.utils.dataclasses.is_cuda_available", return_value=True), \
-            mock.patch("torch.cuda.current_device", return_value=0):
+    # Built from the environment the launcher gives each process, as on the GPU node; FSDP2 looks up no device here
+    # (sync_module_states is an FSDP1 setting), so nothing pretends a GPU is there.
+    with mock.patch.dict(os.environ, environment):
         plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2
     assert plugin.reshard_after_forward is True  # full shard

@@ -81,9 +81,23 @@ class SteepLoss(ProjectedMSELoss):
         return torch.exp(super().forward(student, teacher, mask, labels))
 
 
+class LossWithOverflowingNorm(ProjectedMSELoss):
+    """From the third call on, projected MSE times 1e25: the loss and every gradient element stay finite
+    (< 3.4e38), but the sum of the gradients' squares (~1e50) overflows float32, so the total norm is inf."""
+
+    name = "overflowing_gradient_norm"
+    calls = 0
+
+    def forward(self, student, teacher, mask=None, labels=None):
+        type(self).calls += 1
+        value = super().forward(student, teacher, mask, labels)
+        return value * 1e25 if type(self).calls > 2 else value
+
+
 @pytest.fixture()
 def test_losses():
-    losses = (LossThatExplodes, LossNaNOnCallFive, LossNaNOnce, SteepLoss)
+    losses = (LossThatExplodes, LossNaNOnCallFive, LossNaNOnce, SteepLoss, LossWithOverflowingNorm)
+    LossWithOverflowingNorm.calls = 0
     LossNaNOnce.calls = 0
     for loss in losses:
         register_loss(loss)
@@ -199,9 +213,49 @@ def test_a_diverging_learning_rate_stops_before_the_non_finite_update_and_resume
 def test_non_finite_gradients_with_a_finite_loss_stop_the_run_too(tmp_path, test_losses, minilm_path) -> None:
     trainer = trainer_for(tmp_path, SteepLoss.name, learning_rate=100.0, optim="sgd", max_grad_norm=0.0,
                           lr_scheduler_type="constant", max_steps=12)
-    with pytest.raises(NonFiniteLossError, match=r"the gradient of \S+ and \d+ more became NaN/inf at step 2"):
+    # Which comes first depends on the versions (transformers 5.25's norm overflows before any element does).
+    with pytest.raises(NonFiniteLossError, match=r"(the gradient of \S+ and \d+ more|the total gradient norm) "
+                                                 r"became NaN/inf.* at step 2"):
         trainer.train()
     assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0], ids=["no-clipping", "clipping"])
+def test_an_overflowing_gradient_norm_stops_the_run_though_every_gradient_is_finite(
+    tmp_path, test_losses, minilm_path, max_grad_norm
+) -> None:
+    """The update is judged as a whole: a total norm of inf is a bad update, whatever each element says."""
+    trainer = trainer_for(tmp_path, LossWithOverflowingNorm.name, max_grad_norm=max_grad_norm, max_steps=6)
+    weights = recorded(trainer)
+    with pytest.raises(NonFiniteLossError, match=r"the total gradient norm became NaN/inf \(each gradient element "
+                                                 r"is finite.*\) at step 3"):
+        trainer.train()
+    assert_same_weights(checkpoint_weights(tmp_path / "fresh", LossWithOverflowingNorm.name, tmp_path / "checkpoint-3"),
+                        weights.after_step[2])
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0], ids=["no-clipping", "clipping"])
+def test_skip_drops_updates_whose_gradient_norm_overflows(tmp_path, test_losses, minilm_path, max_grad_norm) -> None:
+    trainer = trainer_for(tmp_path, LossWithOverflowingNorm.name, "skip", max_grad_norm=max_grad_norm, max_steps=5,
+                          max_consecutive_skips=5)
+    weights = recorded(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 5
+    assert_same_weights(weights.after_step[5], weights.after_step[2])  # updates 3, 4 and 5 were all dropped
+    assert all(torch.isfinite(value).all() for value in weights.after_step[5].values())
+
+
+def test_the_guard_names_an_overflowed_norm_when_no_element_is_bad() -> None:
+    from hf_pcoh.non_finite import NonFiniteGuard
+
+    guard = NonFiniteGuard()
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.full((2, 2), 3e38)
+    model.bias.grad = torch.zeros(2)
+    guard.record_gradient_norm(torch.linalg.vector_norm(model.weight.grad))  # inf: 4 * (3e38)^2 overflows
+    assert guard.check_update(model).startswith("the total gradient norm became NaN/inf")
+    guard.record_gradient_norm(float(torch.linalg.vector_norm(model.weight.grad.double())))  # finite in float64
+    assert guard.check_update(model) is None
 
 
 def test_the_guard_reads_the_trainers_gradient_norm_and_scans_gradients_only_when_it_is_not_finite(

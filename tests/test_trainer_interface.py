@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from huggingface_hub import HfApi
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from hf_pcoh import hub
@@ -90,11 +91,10 @@ def test_a_config_without_models_is_fine_until_models_are_built_from_it(tmp_path
 def test_push_to_hub_publishes_hf_pcoh_card(tmp_path, model_dirs, glosses, monkeypatch) -> None:
     """trainer.push_to_hub() writes the card hf-pcoh publish writes, then uploads the folder (Hub calls faked)."""
     uploads = []
-    fake_api = SimpleNamespace(
-        create_repo=lambda repo_id, **kwargs: SimpleNamespace(repo_id=repo_id),
-        upload_folder=lambda **kwargs: uploads.append(kwargs) or "https://huggingface.co/me/tiny-student",
-    )
-    monkeypatch.setattr("transformers.trainer.hf_api", lambda: fake_api)
+    # The public HfApi methods every Hub client goes through (however transformers builds its HfApi instance).
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder",
+                        lambda self, **kwargs: uploads.append(kwargs) or "https://huggingface.co/me/tiny-student")
     train, _ = glosses
     output_dir = tmp_path / "tiny-student"
     trainer = DistillationTrainer(model=model_dirs["student"], teacher_model=model_dirs["teacher"],

@@ -4,8 +4,9 @@
 
 * **depth**: when every layer the run reads is an index into ``hidden_states`` below the last one
   (``teacher_layers: [2, 4]`` of a 6-layer teacher), the teacher runs through a *view* of itself that
-  stops after the deepest of them: the same modules and parameters, with its list of blocks cut
-  (``encoder.layer`` of BERT-like encoders and ViT, ``encoder.stages`` of ResNet). The features are the
+  stops after the deepest of them: the same modules and parameters, with its list of blocks cut (found
+  from the model's ``_no_split_modules``: ``encoder.layer`` of BERT, ``layers`` of ViT and Llama-style
+  decoders, ``decoder.layers`` of OPT, ``h`` of GPT-2; ``encoder.stages`` of ResNet). The features are the
   full forward's at those layers (``tests/test_frozen_teacher.py``); the blocks after them never run.
   Other layouts, a teacher with a head (its logits need every block), and ``last`` / ``pooler`` run whole.
 * **hidden states**: models that record them by hooks (transformers' ``capture_outputs``) are asked only
@@ -37,8 +38,8 @@ except ImportError:  # another transformers: its hook-recording models run whole
 from .features import FeatureExtractor, Features
 from .sharding import is_sharded
 
-# Where a model keeps the blocks whose outputs are hidden_states[1:], by the path of their ModuleList:
-# BERT-like encoders, ResNet's stages, models that hold their blocks themselves (ViT).
+# Where a model keeps the blocks whose outputs are hidden_states[1:], for models that do not name their blocks in
+# ``_no_split_modules`` (ResNet's stages): BERT-like encoders, ResNet, models that hold their blocks themselves.
 BLOCK_LISTS = ("encoder.layer", "encoder.stages", "layers")
 
 
@@ -58,7 +59,21 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], TeacherPlan]]
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """``(path, blocks)`` of the first of :data:`BLOCK_LISTS` the model has, else None."""
+    """``(path, blocks)``: the model's list of blocks, whose outputs are ``hidden_states[1:]``, else None.
+
+    Found from the model itself: the ``nn.ModuleList`` whose modules are all of a class the model names in
+    ``_no_split_modules`` (its transformer blocks: BERT's ``encoder.layer``, ViT's ``layers``, OPT's
+    ``decoder.layers``, GPT-2's ``h``, Llama-style ``layers``, ...), with ``config.num_hidden_layers`` of them
+    where the config says; a model that names no blocks falls back to the paths of :data:`BLOCK_LISTS`.
+    """
+    block_classes = set(getattr(model, "_no_split_modules", None) or ())
+    expected = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if block_classes:
+        for path, module in model.named_modules():
+            if (isinstance(module, nn.ModuleList) and len(module) > 0
+                    and all(type(block).__name__ in block_classes for block in module)
+                    and (expected is None or len(module) == expected)):
+                return path, module
     for path in BLOCK_LISTS:
         module: Any = model
         for name in path.split("."):
@@ -78,30 +93,50 @@ def is_plain_module(module: nn.Module) -> bool:
     return "forward" not in module.__dict__
 
 
+def install_capturing_hooks_once(model: PreTrainedModel, container_path: list[str]) -> None:
+    """Install the hooks that record hidden states on the shared blocks once, before a view copies their owners.
+
+    The hooks belong to the module whose ``forward`` records them: the model itself (BERT, ViT) or a container on
+    the way to the blocks (OPT's ``decoder``). They are installed on the innermost module of the path that records
+    hidden states, which covers the blocks, and every outer one is marked as hooked too; the view copies those marks,
+    so neither the view nor a later full forward installs a second set (hidden states recorded twice).
+    """
+    modules = [model]
+    for name in container_path:
+        modules.append(getattr(modules[-1], name))
+    recording = [module for module in modules if records_hidden_states_by_hooks(module)]
+    if not recording:
+        return
+    hooked = [module for module in recording if getattr(module, "_output_capturing_hooks_installed", False)]
+    if not hooked:
+        maybe_install_capturing_hooks(recording[-1])
+    for module in recording:  # transformers' own mark of a hooked model (output_capturing.maybe_install_capturing_hooks)
+        module._output_capturing_hooks_installed = True
+
+
 def cut_view(model: PreTrainedModel, path: str, depth: int) -> nn.Module:
     """A view of ``model`` that runs only the first ``depth`` blocks of ``path``; it shares every module and
     parameter with ``model``, which is left untouched."""
-    if records_hidden_states_by_hooks(model):
-        # Hooks on the shared blocks record hidden states: installed on the whole model first, so that the view
-        # (which copies the mark that they are) never installs a second set on its blocks.
-        maybe_install_capturing_hooks(model)
     *container_path, list_name = path.split(".")
-    view = copy.copy(model)
-    view._modules = dict(model._modules)  # its own registry of children: replacing one leaves the model's
-    parent = view
-    for name in container_path:
-        child = copy.copy(getattr(parent, name))
-        child._modules = dict(child._modules)
-        setattr(parent, name, child)
-        parent = child
-    setattr(parent, list_name, nn.ModuleList(list(getattr(parent, list_name))[:depth]))
+    install_capturing_hooks_once(model, container_path)
     config = copy.copy(model.config)
     # hidden_states[depth] is then the view's last: keep it as the block's output, as the full forward has it,
     # rather than replaced by the view's last_hidden_state (which follows a final norm in some models).
     config.tie_last_hidden_states = False
     if hasattr(config, "num_hidden_layers"):
         config.num_hidden_layers = depth
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # its own registry of children: replacing one leaves the model's
     view.config = config
+    parent = view
+    for name in container_path:
+        child = copy.copy(getattr(parent, name))
+        child._modules = dict(child._modules)
+        if getattr(child, "config", None) is model.config:  # a container that reads the config itself (OPT's decoder)
+            child.config = config
+        setattr(parent, name, child)
+        parent = child
+    setattr(parent, list_name, nn.ModuleList(list(getattr(parent, list_name))[:depth]))
     return view
 
 

@@ -13,12 +13,14 @@ from hf_pcoh.frozen_teacher import plan_teacher_run, run_teacher
 from hf_pcoh.losses import build_loss
 from hf_pcoh.models import config_from_dict
 
-from tiny_models import TINY_BERT, TINY_OPT, TINY_RESNET, TINY_VIT
+from tiny_models import TINY_BERT, TINY_GPT2, TINY_LLAMA, TINY_OPT, TINY_RESNET, TINY_VIT
 
 DEEP_BERT = {**TINY_BERT, "num_hidden_layers": 4}
 DEEP_VIT = {**TINY_VIT, "num_hidden_layers": 3}
 DEEP_RESNET = {**TINY_RESNET, "hidden_sizes": [8, 16, 32], "depths": [1, 1, 1]}
 DEEP_OPT = {**TINY_OPT, "num_hidden_layers": 3}
+DEEP_GPT2 = {**TINY_GPT2, "n_layer": 3}
+DEEP_LLAMA = {**TINY_LLAMA, "num_hidden_layers": 3}
 
 
 def build(config: dict, head: bool = False) -> torch.nn.Module:
@@ -60,6 +62,11 @@ def count_block_calls(blocks) -> list[int]:
         (DEEP_BERT, text_inputs, "encoder.layer", [0], "none", 1),  # the embeddings: one block records them
         (DEEP_VIT, image_inputs, "layers", [2], "mean", 2),  # ViT's final layernorm must not reach index 2
         (DEEP_RESNET, image_inputs, "encoder.stages", [1, 2], "gap", 2),
+        # decoders: their blocks found from _no_split_modules, wherever the model keeps them
+        (DEEP_OPT, text_inputs, "decoder.layers", [1], "last_token", 1),
+        (DEEP_OPT, text_inputs, "decoder.layers", [2, 1], "none", 2),
+        (DEEP_GPT2, text_inputs, "h", [2], "mean", 2),
+        (DEEP_LLAMA, text_inputs, "layers", [1, 2], "last_token", 2),
     ],
 )
 def test_a_teacher_read_below_its_last_layer_runs_only_that_deep_with_identical_features(
@@ -86,19 +93,21 @@ def test_a_teacher_read_below_its_last_layer_runs_only_that_deep_with_identical_
         assert len(teacher(**batch, output_hidden_states=True).hidden_states) == len(block_list) + 1
 
 
-def test_a_cut_forward_first_leaves_the_full_forward_as_it_was() -> None:
-    """transformers records hidden states by hooks installed at the first call: a cut view running first
-    must not leave the teacher with its hidden states recorded twice."""
-    teacher = build(DEEP_BERT)
+@pytest.mark.parametrize("config", [DEEP_BERT, DEEP_OPT, DEEP_LLAMA], ids=["bert", "opt", "llama"])
+def test_a_cut_forward_first_leaves_the_full_forward_as_it_was(config) -> None:
+    """transformers records hidden states by hooks installed at the first call (by the model, or by OPT's
+    decoder): a cut view running first must not leave the teacher with its hidden states recorded twice."""
+    teacher = build(config)
     batch = text_inputs()
     run_teacher(teacher, batch, [FeatureExtractor(1, "mean", "teacher")])
     with torch.no_grad():
         hidden_states = teacher(**batch, output_hidden_states=True).hidden_states
-    fresh = build(DEEP_BERT)
+    fresh = build(config)
     fresh.load_state_dict(teacher.state_dict())
     with torch.no_grad():
         reference = fresh(**batch, output_hidden_states=True).hidden_states
-    assert len(hidden_states) == len(reference) == 5
+    layers = config.get("num_hidden_layers")
+    assert len(hidden_states) == len(reference) == layers + 1
     assert all(torch.equal(mine, theirs) for mine, theirs in zip(hidden_states, reference))
 
 
@@ -108,7 +117,7 @@ def test_a_cut_forward_first_leaves_the_full_forward_as_it_was() -> None:
         (DEEP_BERT, text_inputs, ["last"], "mean"),  # last_hidden_state: every block
         (DEEP_BERT, text_inputs, [4, 1], "mean"),  # the last index
         (DEEP_BERT, text_inputs, ["pooler"], "mean"),
-        (DEEP_OPT, text_inputs, [1], "last_token"),  # another layout: the whole model
+        (DEEP_OPT, text_inputs, [3], "last_token"),  # a decoder's last index: every block
         (DEEP_RESNET, image_inputs, ["last"], "gap"),
     ],
 )

@@ -5,7 +5,8 @@ One console script with a subcommand per job, as ``accelerate`` and ``huggingfac
 who installed the wheel needs nothing from the repository's ``scripts/`` (which stay as thin wrappers
 around the same functions). ``distill`` and ``select-layers`` take a recipe and ``--field value``
 overrides (:mod:`hf_pcoh.cli`); ``evaluate`` measures a saved run again; ``publish`` writes its model
-card and uploads it; ``train-teacher`` trains the vision teacher of the fashion-mnist recipe. Each
+card and uploads it; ``train-teacher`` trains a teacher offline (the fashion-mnist recipe's vision teacher, or
+``--task causal_lm`` an OPT language model on WordNet glosses). Each
 subcommand's ``--help`` lists its options.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from transformers import HfArgumentParser
 
 from . import __version__
-from .artifacts import EVAL_RESULTS_FILE, write_json
 from .cli import distill_main, select_layers_main
 from .errors import unknown_name_message
-from .evaluation import evaluate_saved_student, format_comparison_table, summary_line, without_aliases
+from .evaluation import evaluate_saved_student, summary_line, write_saved_student_results
 from .hub import PublishError, publish
-from .teacher_training import TeacherTrainingArguments, train_vision_teacher
+from .teacher_training import requested_teacher_task, teacher_task
 from .weights import DEFAULT_MAX_ABS_WEIGHT
 
 PROGRAM = "hf-pcoh"
@@ -45,6 +44,7 @@ class Subcommand:
 
 def evaluate_parser(prog: str = f"{PROGRAM} evaluate") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog=prog,
         description="Measure a distilled student beside its teacher: read the run's distillation_config.json "
         "(teacher, data, layers, pooling), embed the held-out split and a labelled reference sample with both "
@@ -71,10 +71,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = f"{PROGRAM} evaluat
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_json(os.path.join(args.output_dir, EVAL_RESULTS_FILE), results)
-    table = format_comparison_table({role: without_aliases(results[role]) for role in ("teacher", "student")})
-    with open(os.path.join(args.output_dir, "eval_results.md"), "w", encoding="utf-8") as stream:
-        stream.write(table + "\n")
+    table = write_saved_student_results(args.output_dir, results)
     print(table)
     print(summary_line(results))
     return 0
@@ -85,6 +82,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = f"{PROGRAM} evaluat
 
 def publish_parser(prog: str = f"{PROGRAM} publish") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog=prog,
         description="Publish a distilled student (a distillation run's output_dir) to the Hugging Face Hub with its "
         "model card: write OUTPUT_DIR/README.md and upload the folder in one commit (not checkpoint-*/, runs/, "
@@ -139,12 +137,13 @@ def publish_main(argv: list[str] | None = None, prog: str = f"{PROGRAM} publish"
 
 
 def train_teacher_main(argv: list[str] | None = None) -> int:
-    """``hf-pcoh train-teacher [--field value ...]``: train the small vision teacher the fashion-mnist recipe needs."""
+    """``hf-pcoh train-teacher [--task causal_lm] [--field value ...]``: train a teacher here, offline: the vision
+    teacher of the fashion-mnist recipe (default) or an OPT language model on WordNet glosses (``--task causal_lm``)."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (arguments,) = HfArgumentParser(TeacherTrainingArguments).parse_args_into_dataclasses(args=argv)
-    metrics = train_vision_teacher(arguments)
-    print(f"teacher saved to {arguments.output_dir}: test accuracy {metrics['test_accuracy']:.4f}, "
-          f"{metrics['parameters'] / 1e6:.2f}M parameters")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task = teacher_task(requested_teacher_task(argv))
+    (arguments,) = HfArgumentParser(task.arguments).parse_args_into_dataclasses(args=argv)
+    print(task.summary(arguments, task.train(arguments)))
     return 0
 
 
@@ -159,7 +158,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                            evaluate_main),
     "publish": Subcommand("write a run's model card and upload it to the Hub: OUTPUT_DIR --repo_id USER/NAME",
                           publish_main),
-    "train-teacher": Subcommand("train the small vision teacher of the fashion-mnist recipe (no Hub offline)",
+    "train-teacher": Subcommand("train a teacher offline: the fashion-mnist ResNet, or --task causal_lm an OPT LM",
                                 train_teacher_main),
 }
 

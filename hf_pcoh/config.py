@@ -8,9 +8,12 @@ lists every field below with its help text.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 from .errors import unknown_name_message
@@ -18,8 +21,17 @@ from .features import NAMED_LAYERS, POOLINGS
 from .losses import LOSSES, check_loss_options, loss_options_help
 from .weights import DEFAULT_MAX_ABS_WEIGHT
 
+logger = logging.getLogger(__name__)
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU (or another accelerator) on this machine."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
 AUTO_LAYERS = "auto"  # teacher_layers: auto = chosen by knowledge quality (hf_pcoh.layers)
 AUTO_POOLING = "auto"  # pooling: auto = a sentence-transformers teacher's own embedding, else mean (hf_pcoh.sentence_embedding)
+TEACHER_CACHE_OFF = ("none", "off", "false", "no", "")  # teacher_cache: any of these = no cache, the teacher runs live
 
 
 def parse_layer(value: int | str, option: str) -> int | str:
@@ -57,7 +69,109 @@ def parse_json_option(value: Any, option: str) -> Any:
 
 @dataclass
 class DistillationConfig(TrainingArguments):
-    """Training arguments plus the distillation recipe: models, data, layer pairs and losses."""
+    """Training arguments plus the distillation recipe: models, data, layer pairs and losses.
+
+    Every ``transformers.TrainingArguments`` field works unchanged; the distillation fields are below (each
+    field's ``metadata["help"]`` says the same for ``--help``; tests/test_config_docstring.py keeps the two lists
+    equal).
+
+    Args:
+        teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            Teacher checkpoint: a local folder or a Hub id. Or give `teacher_config`.
+        teacher_config (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Build a randomly initialised teacher from a config instead: a JSON dict with `model_type`.
+        student_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            Student checkpoint (local folder or Hub id). Or give `student_config`.
+        student_config (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Build the student from a config: a full config with `model_type`, else overrides of the teacher's.
+        student_init_from_teacher (`bool`, *optional*, defaults to `False`):
+            Initialise a student built from a config with the teacher's weights where names and shapes agree.
+        student_init_layer_map (`list[int]` or `None`, *optional*, defaults to `None`):
+            Teacher layer copied into each student layer (default: evenly spaced, last one last).
+        teacher_processor_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            Tokenizer / image processor of the teacher (default: the teacher's folder).
+        student_processor_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            Tokenizer / image processor of the student (default: the student's folder, else the teacher's).
+        padding_side (`str` or `None`, *optional*, defaults to `None`):
+            Force `"left"` or `"right"` padding for both tokenizers (default: theirs).
+        max_length (`int`, *optional*, defaults to `128`):
+            Tokens kept per text (longer texts are truncated).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow checkpoints to run their own Python code.
+        dataset_name (`str`, *optional*, defaults to `"wordnet_glosses"`):
+            Training data: a built-in offline set, a `save_to_disk` folder, data files, a packaged format or a Hub id.
+        dataset_config_name (`str` or `None`, *optional*, defaults to `None`):
+            Configuration of a Hub dataset.
+        dataset_files (`list[str]` or `None`, *optional*, defaults to `None`):
+            Data files, as `load_dataset`'s `data_files`: paths or globs, each `SPLIT=PATH` to name its split.
+        streaming (`bool`, *optional*, defaults to `False`):
+            Stream the training split (needs `max_steps`); the evaluation split is read up to `max_eval_samples`.
+        train_split (`str`, *optional*, defaults to `"train"`):
+            Split used for training.
+        eval_split (`str`, *optional*, defaults to `"test"`):
+            Held-out split used for evaluation.
+        text_column (`str` or `None`, *optional*, defaults to `None`):
+            Column with raw text (text models).
+        image_column (`str` or `None`, *optional*, defaults to `None`):
+            Column with raw images (vision models).
+        teacher_text_column (`str` or `None`, *optional*, defaults to `None`):
+            Column the teacher reads when it differs from the student's (default: `text_column`).
+        student_text_column (`str` or `None`, *optional*, defaults to `None`):
+            Column the student reads when it differs from the teacher's (default: `text_column`).
+        label_column (`str` or `None`, *optional*, defaults to `None`):
+            Column with class labels (for kNN evaluation, cross-entropy or the probe).
+        max_train_samples (`int` or `None`, *optional*, defaults to `None`):
+            Keep this many training rows.
+        max_eval_samples (`int` or `None`, *optional*, defaults to `None`):
+            Keep this many evaluation rows.
+        student_layers (`list[str]`, *optional*, defaults to `["last"]`):
+            Student layers, paired one-to-one with `teacher_layers`: indices into `hidden_states`, `last` or `pooler`.
+        teacher_layers (`list[str]`, *optional*, defaults to `["last"]`):
+            Teacher layers, one per student layer; or `auto`: the top layers by knowledge quality (needs labels).
+        layer_selection_top_k (`int` or `None`, *optional*, defaults to `None`):
+            With `teacher_layers: auto`: how many layers to choose (the number of student layers).
+        layer_selection_samples (`int`, *optional*, defaults to `2000`):
+            With `teacher_layers: auto`: labelled training rows the quality is measured on.
+        fit_head_by_probe (`bool`, *optional*, defaults to `False`):
+            After training, fit the student's classification head by a linear probe on its frozen features.
+        pooling (`str`, *optional*, defaults to `"auto"`):
+            How token/map features become one vector per example; `auto`: a sentence-transformers teacher's own
+            embedding, else mean.
+        teacher_pooling (`str` or `None`, *optional*, defaults to `None`):
+            Teacher pooling when it differs from `pooling`.
+        normalize (`bool` or `None`, *optional*, defaults to `None`):
+            L2-normalise the pooled features of both models (default: as the teacher's sentence-transformers pipeline).
+        losses (`list[str]`, *optional*, defaults to `["perception_coherence"]`):
+            Feature losses applied to every layer pair (names from `hf_pcoh.LOSSES`).
+        loss_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+            One weight per loss (default 1.0 each).
+        loss_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Options per loss as JSON, keyed by loss name; checked before any model loads (`--help` lists them).
+        ce_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of cross-entropy on labels (needs a student classification head).
+        logit_kd_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of Hinton logit KD (teacher and student must both output logits).
+        logit_kd_temperature (`float`, *optional*, defaults to `2.0`):
+            Softmax temperature of logit KD.
+        teacher_embedding_column (`str` or `None`, *optional*, defaults to `None`):
+            Column of the teacher's embeddings, computed beforehand: the run never loads a teacher.
+        teacher_cache (`str` or `None`, *optional*, defaults to `None`):
+            Folder of the teacher-feature cache, or `auto`; `none` (the default): the teacher runs live.
+        non_finite_loss (`str`, *optional*, defaults to `"stop"`):
+            When an update's loss or gradients become NaN/inf: `stop` (checkpoint, then stop) or `skip` the update.
+        max_consecutive_skips (`int`, *optional*, defaults to `10`):
+            With `non_finite_loss: skip`: skipped updates in a row before the next non-finite one stops the run.
+        max_abs_weight (`float`, *optional*, defaults to `DEFAULT_MAX_ABS_WEIGHT`):
+            A weight beyond this magnitude (or NaN/inf) means the run diverged: it is never saved nor published.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Replace the run already in `output_dir`; without it, a folder holding a run is refused.
+        evaluate_after_training (`bool`, *optional*, defaults to `True`):
+            Embed the eval split with teacher and student after training and write `eval_results.json`.
+        dataloader_drop_last (`bool`, *optional*, defaults to `True`):
+            Drop the last incomplete batch (batch-level losses need full batches).
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep raw columns: the distillation collator builds the model inputs.
+    """
 
     # ---- models -------------------------------------------------------------------------------------
     teacher_model_name_or_path: str | None = field(
@@ -228,7 +342,7 @@ class DistillationConfig(TrainingArguments):
                   "fingerprint of teacher, layers, pooling and data) and training reads them instead of running it. "
                   "Or 'auto': cached under HF_DATASETS_CACHE when the features fit (half the free memory and disk), "
                   "are pooled and the data have no on-the-fly transform (augmentation); otherwise the teacher runs "
-                  "live. Default: live."},
+                  "live. 'none' (or off, false, no): the teacher runs live, the default."},
     )
     non_finite_loss: str = field(
         default="stop",
@@ -270,7 +384,20 @@ class DistillationConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         self.validate_distillation_options()
+        self._join_cpu_processes()
         super().__post_init__()
+
+    def _join_cpu_processes(self) -> None:
+        """Launched as several processes on a machine with no accelerator: train on CPU in one gloo group.
+
+        accelerate forms a CPU process group only with ``use_cpu`` (``PartialState(cpu=True)``); without it each
+        of ``accelerate launch --multi_gpu --num_processes 2`` / ``torchrun``'s processes would train alone, as a
+        world of one, on the same output folder.
+        """
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not accelerator_available():
+            logger.info("%s processes and no GPU: training on CPU in one process group (use_cpu)",
+                        os.environ["WORLD_SIZE"])
+            self.use_cpu = True
 
     def validate_distillation_options(self) -> None:
         """Check every distillation field; raise ``ValueError`` naming the field, the value and a fix."""
@@ -408,6 +535,7 @@ class DistillationConfig(TrainingArguments):
         if self.streaming and self.max_steps < 1:
             raise ValueError("streaming: a streamed data set has no length, so the run needs --max_steps (the number of "
                              "updates to train)")
+        self._check_teacher_cache()
         if self.streaming and self.teacher_cache not in (None, "auto"):
             raise ValueError(f"teacher_cache={self.teacher_cache!r} stores features per row of a whole training set; a "
                              "streamed one is read as it goes: drop --teacher_cache or --streaming")
@@ -418,6 +546,16 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(f"{option}={value} must be a positive number of rows")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs --hub_model_id USER/NAME: the Hub repo the student is published to")
+
+    def _check_teacher_cache(self) -> None:
+        """The words a user tries for "no cache" (``none``, ``off``, ``false``, ``no``; YAML reads the last three
+        as ``false``) mean the default, the live teacher, rather than a folder of that name."""
+        if self.teacher_cache is False or (isinstance(self.teacher_cache, str)
+                                           and self.teacher_cache.strip().lower() in TEACHER_CACHE_OFF):
+            self.teacher_cache = None
+        elif self.teacher_cache is not None and not isinstance(self.teacher_cache, str):
+            raise ValueError(f"teacher_cache={self.teacher_cache!r} is not a folder: give a folder, 'auto', or 'none' "
+                             "(the teacher runs live)")
 
     def _check_teacher_embedding_column(self) -> None:
         """Precomputed teacher embeddings are one pooled vector per row: one layer pair, no teacher to run."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from .artifacts import (
     DISTILLATION_CONFIG_FILE,
     EVAL_RESULTS_FILE,
+    EVAL_RESULTS_TABLE_FILE,
     HEADS_FILE,
     LAYER_QUALITY_PLOT_FILE,
     LAYER_QUALITY_TABLE_FILE,
@@ -54,7 +55,7 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-\d+$")
 RUN_FILES = (
     "config.json", "model.safetensors", "model.safetensors.index.json", HEADS_FILE, "training_args.bin",
     "trainer_state.json", "all_results.json", "train_results.json", DISTILLATION_CONFIG_FILE, EVAL_RESULTS_FILE,
-    "eval_results.md", LAYER_QUALITY_TABLE_FILE, LAYER_QUALITY_PLOT_FILE,
+    EVAL_RESULTS_TABLE_FILE, LAYER_QUALITY_TABLE_FILE, LAYER_QUALITY_PLOT_FILE,
     # a sentence-transformers student's files (hf_pcoh.sentence_embedding): stale ones would change its embedding
     "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
 )
@@ -173,7 +174,13 @@ def lock(claim: OutputDirClaim) -> None:
         return
     lock_path = os.path.join(claim.output_dir, LOCK_FILE)
     while True:
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a link planted under the lock's name is never written through
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as error:
+            if not os.path.islink(lock_path):
+                raise
+            raise OutputDirError(f"{lock_path} is a symbolic link ({error.strerror}), not a run's lock file: remove "
+                                 "it and run again") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -245,8 +252,8 @@ def claim_output_dir(output_dir: str, resuming: bool, overwrite: bool, writes: b
 def running_run(output_dir: str) -> str | None:
     """Who holds ``output_dir`` (another run still writing it), or None; takes no lock that stays."""
     lock_path = os.path.join(output_dir, LOCK_FILE)
-    if fcntl is None or not os.path.isfile(lock_path):
-        return None
+    if fcntl is None or os.path.islink(lock_path) or not os.path.isfile(lock_path):
+        return None  # a run's lock file is never a link (lock() refuses one)
     with open(lock_path, encoding="utf-8") as stream:
         try:
             fcntl.flock(stream.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -4,7 +4,8 @@ The features of every layer pair (and the logits, when logit KD needs them) are 
 set as columns by a batched ``datasets.map`` and saved as Arrow under ``DIR/<fingerprint>``. The
 fingerprint covers the teacher's weights and config, its processor, the layers, pooling and post-pooling
 (Dense, Normalize), and the exact training rows, so any change to them computes a new cache instead of
-reading a stale one.
+reading a stale one. A cache that cannot be read whole (a truncated Arrow file, rows or columns missing) is
+computed again, with a warning.
 Cached features are only right when every epoch shows the teacher the same inputs: a data set with an
 on-the-fly transform (augmentation) is refused.
 Texts are embedded in order of length (as sentence-transformers' ``encode`` does), so that each batch is
@@ -29,6 +30,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 from datasets import Dataset
 
@@ -87,9 +89,16 @@ def add_cached_teacher_features(
     refuse_augmented(dataset)
     fingerprint = teacher_fingerprint(teacher, processor, extractors, dataset, input_column, max_length, with_logits)
     target = os.path.join(cache_dir, fingerprint)
-    if os.path.isdir(target):
-        logger.info("reading cached teacher features from %s", target)
-        return datasets.load_from_disk(target)
+    columns = [cached_feature_column(index) for index in range(len(extractors))]
+    columns += [CACHED_LOGITS_COLUMN] if with_logits else []
+    if os.path.lexists(target):
+        cached, problem = read_cache(target, len(dataset), columns)
+        if cached is not None:
+            logger.info("reading cached teacher features from %s", target)
+            return cached
+        logger.warning("the teacher-feature cache %s is damaged (%s), perhaps by a run killed or a disk filled while "
+                       "it was written: computing it again", target, problem)
+        remove_cache(target)
     teacher.eval().to(device)
 
     def teacher_columns(batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -116,6 +125,31 @@ def add_cached_teacher_features(
     cached.save_to_disk(partial)
     os.replace(partial, target)  # an interrupted run never leaves a half-written cache under the final name
     return datasets.load_from_disk(target)
+
+
+def read_cache(target: str, rows: int, columns: list[str]) -> tuple[Dataset | None, str | None]:
+    """``(the cached training set, None)``, or ``(None, what is wrong)`` when the folder cannot be read whole: a
+    truncated or missing Arrow file, broken metadata, fewer rows than the training set, a feature column missing."""
+    try:
+        cached = datasets.load_from_disk(target)  # maps every Arrow file and reads its record batches' headers
+    except (OSError, ValueError, IndexError, KeyError, pa.ArrowException) as error:  # ArrowInvalid, JSON errors
+        return None, f"{type(error).__name__}: {error}"
+    if not isinstance(cached, Dataset):
+        return None, f"it holds a {type(cached).__name__}, not one training set"
+    if len(cached) != rows:
+        return None, f"it holds {len(cached)} rows, the training set {rows}"
+    missing = [column for column in columns if column not in cached.column_names]
+    if missing:
+        return None, f"it lacks the column(s) {', '.join(missing)}"
+    return cached, None
+
+
+def remove_cache(target: str) -> None:
+    """Remove a cache folder (or whatever else lies under its name) so that it can be written again."""
+    if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
+    else:
+        os.remove(target)
 
 
 AUTO_CACHE = "auto"  # teacher_cache: auto

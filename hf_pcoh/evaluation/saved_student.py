@@ -10,10 +10,13 @@ import types
 import typing
 from typing import Any
 
-from ..artifacts import DISTILLATION_CONFIG_FILE
+from ..artifacts import DISTILLATION_CONFIG_FILE, EVAL_RESULTS_FILE, EVAL_RESULTS_TABLE_FILE, write_json, write_text
 from ..config import DistillationConfig
 from ..errors import unknown_name_message
+from ..setup import build_setup
+from .report import without_aliases
 from .student_report import compare_teacher_and_student
+from .table import format_comparison_table
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +32,6 @@ def evaluate_saved_student(
     ``trust_remote_code`` comes from the caller only: the folder's file cannot turn it on (a downloaded
     "student" could otherwise run any Python it ships).
     """
-    # The setup builds models and data from a config and (through layer selection) imports this package.
-    from ..setup import build_setup, embedding_extractors
-
     description_path = os.path.join(student_dir, DISTILLATION_CONFIG_FILE)
     if not os.path.isfile(description_path):
         raise ValueError(f"{student_dir} has no {DISTILLATION_CONFIG_FILE}: give the output_dir of a distillation run")
@@ -51,17 +51,27 @@ def evaluate_saved_student(
     except (TypeError, ValueError) as error:
         raise ValueError(f"{description_path}: {error}") from None
     setup = build_setup(config)
-    student_extractor, teacher_extractor = embedding_extractors(config, setup.teacher)
     return compare_teacher_and_student(
         teacher=setup.teacher, student=setup.student, teacher_processor=setup.collator.teacher_processor,
         student_processor=setup.collator.student_processor, train_dataset=setup.train_dataset,
         eval_dataset=setup.eval_dataset, input_column=setup.collator.input_column,
         teacher_input_column=setup.collator.teacher_input_column,
         teacher_embedding_column=setup.collator.teacher_embedding_column,
-        label_column=setup.collator.label_column, modality=setup.modality, student_extractor=student_extractor,
-        teacher_extractor=teacher_extractor, max_length=config.max_length, device=config.device,
+        label_column=setup.collator.label_column, modality=setup.modality,
+        student_extractor=setup.readout.student_embedding, teacher_extractor=setup.readout.teacher_embedding,
+        max_length=config.max_length, device=config.device,
         max_reference_samples=max_reference_samples, dataset_name=config.dataset_name,
     )
+
+
+def write_saved_student_results(student_dir: str, results: dict[str, Any]) -> str:
+    """Write :func:`evaluate_saved_student`'s results into the run's folder as ``eval_results.json`` and
+    ``eval_results.md`` (through :func:`hf_pcoh.artifacts.atomic_file`: a link planted under either name is
+    replaced, never written through); returns the table."""
+    table = format_comparison_table({role: without_aliases(results[role]) for role in ("teacher", "student")})
+    write_json(os.path.join(student_dir, EVAL_RESULTS_FILE), results)
+    write_text(os.path.join(student_dir, EVAL_RESULTS_TABLE_FILE), table + "\n")
+    return table
 
 
 def read_saved_recipe(path: str) -> dict[str, Any]:

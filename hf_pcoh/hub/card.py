@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +22,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .. import __version__
+from ..artifacts import write_text
 from ..citations import HF_PCOH, citation_key, metric_citation
 from ..losses import get_loss_class
 from .redaction import redact_recipe, redact_text
@@ -439,12 +439,5 @@ def write_model_card(
     path = Path(output_dir) / CARD_FILE
     if path.is_file():
         logger.info("replacing %s with the distilled student's model card", path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{CARD_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as stream:
-            stream.write(str(card))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text(path, str(card))  # a fresh file moved onto README.md: never written through a link there
     return path

@@ -74,10 +74,18 @@ def read_model_config(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_student_files(output_dir: str | os.PathLike) -> None:
-    """Fail, naming the missing file, unless the folder holds a loadable student and its provenance."""
+    """Fail, naming the missing file, unless the folder holds a loadable student and its provenance.
+
+    Those files must be regular files: a symbolic link is never uploaded, so a linked ``config.json`` or
+    ``model.safetensors`` would give a repo without it (``ValueError`` naming the link).
+    """
     folder = Path(output_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"output_dir={str(folder)!r} is not a directory; give the output_dir of a distillation run")
+    for path in student_file_paths(folder):
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link, and links are never uploaded (the repo would have no "
+                             f"{path.name}): replace the link with a copy of the file it points to, then publish again")
     if not (folder / MODEL_CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"{folder / MODEL_CONFIG_FILE} is missing: the student's config must be saved with save_pretrained"
@@ -89,6 +97,18 @@ def check_student_files(output_dir: str | os.PathLike) -> None:
         )
     if not (folder / DISTILLATION_CONFIG_FILE).is_file():
         read_run(folder)  # raises, naming the file
+
+
+def student_file_paths(folder: Path) -> list[Path]:
+    """The files a published student needs: its config, its weights (with the shards its index names) and
+    ``distillation_config.json``; whether each exists is not checked here."""
+    paths = [folder / name for name in (MODEL_CONFIG_FILE, *WEIGHTS_FILES, DISTILLATION_CONFIG_FILE)]
+    index = folder / WEIGHTS_FILES[1]
+    if index.is_file() and not index.is_symlink():
+        weight_map = read_json(index).get("weight_map")
+        if isinstance(weight_map, dict):
+            paths += [folder / shard for shard in sorted(set(map(str, weight_map.values())))]
+    return paths
 
 
 def folder_contents(output_dir: str | os.PathLike) -> tuple[list[str], list[str]]:

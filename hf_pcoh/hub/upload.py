@@ -124,7 +124,7 @@ def publish(
 
     Args:
         output_dir: the distillation run's output directory.
-        repo_id: ``user/name`` (or ``org/name``) on the Hub; created if missing.
+        repo_id: ``user/name`` (or ``org/name``) on the Hub; created if missing; a name without its owner is refused.
         private: create the repo private (an existing repo keeps its visibility).
         token: a Hugging Face token; default: ``huggingface_hub.get_token()`` (``HF_TOKEN`` or ``hf auth login``).
         commit_message: default: names the teacher, student, data set, losses and hf_pcoh version.
@@ -138,18 +138,19 @@ def publish(
         a :class:`PublishPlan` with the files, the card and (after an upload) the commit URL.
 
     Raises:
-        FileNotFoundError / ValueError: the folder is not a finished run (the message names the file), a run is
-            still writing it, its weights are NaN/inf or beyond ``max_abs_weight``, or ``repo_id`` is not a valid
-            repo id.
+        FileNotFoundError / ValueError: a run is still writing the folder (checked first), the folder is not a
+            finished run (the message names the file), a student file is a symbolic link, its weights are NaN/inf
+            or beyond ``max_abs_weight``, or ``repo_id`` is not a valid ``owner/name`` repo id.
         MissingTokenError: no token; nothing was sent; the folder (with its card) is ready to upload.
         HubUnreachableError: offline or a network error; nothing was uploaded.
         HubRefusedError: the Hub refused (e.g. a read-only token); nothing was uploaded.
     """
     folder = Path(output_dir)
-    check_student_files(folder)
+    # First: a folder a run is still writing lacks its files only because the run has not written them yet.
     holder = running_run(str(folder))
     if holder is not None:
         raise ValueError(f"{folder} is still being written by a run ({holder}): publish it once the run has ended")
+    check_student_files(folder)
     problem = saved_weight_problem(folder, max_abs_weight)
     if problem is not None:
         raise ValueError(f"{folder} holds a student that is not usable ({problem}): it is not published. Train again "
@@ -183,6 +184,8 @@ def check_repo_id(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as error:
         raise ValueError(f"repo_id={repo_id!r} is not a Hub repo id: use 'user/name' ({error})") from None
+    if "/" not in repo_id:  # the Hub would put it under whoever the token belongs to: say whose it is
+        raise ValueError(f"repo_id={repo_id!r} names no owner: use 'user/name' or 'org/name' (e.g. 'me/{repo_id}')")
 
 
 def upload_plan(folder: Path, repo_id: str, card: str, message: str, private: bool, dry_run: bool = False,

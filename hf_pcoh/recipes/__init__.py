@@ -25,8 +25,12 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def is_recipe_argument(argument: str) -> bool:
-    """Whether a command-line argument names a recipe (a YAML/JSON file or a built-in recipe's name)."""
-    return not argument.startswith("-") and (argument.endswith((".yaml", ".yml", ".json")) or argument in builtin_recipes())
+    """Whether a command-line argument names a recipe (a YAML/JSON file or a built-in recipe's name).
+
+    Every argument that is not an option is: the commands take no other positional argument, so a word that
+    names no recipe (a mistyped name) is answered by :func:`read_recipe` as a recipe not found, listing the
+    built-in ones, rather than by the parser as an argument not used."""
+    return not argument.startswith("-")
 
 
 def read_recipe(recipe: str) -> dict[str, Any]:
@@ -36,7 +40,9 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     recipes = builtin_recipes()
     path = recipes.get(recipe, Path(recipe))
     if not path.is_file():
-        raise ValueError(f"recipe {recipe!r} not found: give a YAML/JSON file or one of {sorted(recipes)}")
+        raise ValueError(f"recipe {recipe!r} not found (no such file); "
+                         f"{unknown_name_message('built-in recipe', recipe, list(recipes))} Or give the path of a "
+                         "YAML or JSON recipe file.")
     try:
         with path.open(encoding="utf-8") as stream:
             values = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)

@@ -51,7 +51,7 @@ from hf_pcoh.evaluation import embed, evaluate_embeddings
 from hf_pcoh.models import count_parameters
 from hf_pcoh.artifacts import write_json
 from hf_pcoh.pipeline import run_distillation
-from hf_pcoh.setup import DistillationSetup, build_setup, embedding_extractors
+from hf_pcoh.setup import DistillationSetup, build_setup
 from hf_pcoh.recipes import read_recipe
 from hf_pcoh.teacher_training import TeacherTrainingArguments, train_vision_teacher
 
@@ -270,7 +270,7 @@ def held_out_sample(spec: BenchmarkSpec, setup: DistillationSetup) -> HeldOutSam
     reference_inputs = column_values(held_out.select(range(spec.num_queries, needed)), input_column)
     labels = held_out.select(range(needed)).with_format("numpy")[label_column][:]
     query_labels, reference_labels = labels[: spec.num_queries], labels[spec.num_queries :]
-    student_extractor, teacher_extractor = embedding_extractors(config)
+    student_extractor, teacher_extractor = setup.readout.student_embedding, setup.readout.teacher_embedding
     device = config.device
     teacher_queries = embed(setup.teacher, setup.collator.teacher_processor, query_inputs, teacher_extractor,
                             setup.modality, spec.embedding_batch_size, config.max_length, device)
@@ -361,7 +361,7 @@ def run_no_teacher_row(spec: BenchmarkSpec, seed: int, run_dir: str, sample: Hel
     config = run_config(spec, [feature_losses()[0]], seed, run_dir)
     set_seed(seed)
     setup = build_setup(config)  # the same student as the distillation rows (initialised from the teacher or seed)
-    student_extractor, _ = embedding_extractors(config)
+    student_extractor = setup.readout.student_embedding
     collator = setup.collator
     probe = collator([setup.train_dataset[i] for i in range(2)])
     with torch.no_grad():
@@ -394,7 +394,7 @@ def run_peer_row(spec: BenchmarkSpec, seed: int, run_dir: str, sample: HeldOutSa
     setup = build_setup(config)
     if setup.modality != "text":
         raise ValueError("the sentence-transformers peer applies to text benchmarks only")
-    _, teacher_extractor = embedding_extractors(config)
+    teacher_extractor = setup.readout.teacher_embedding
     samples = trained_samples(config, len(setup.train_dataset))
     train_rows = setup.train_dataset.select(range(min(samples, len(setup.train_dataset))))
     texts = column_values(train_rows, setup.collator.input_column)

@@ -52,7 +52,7 @@ from hf_pcoh.evaluation import embed, evaluate_embeddings
 from hf_pcoh.models import count_parameters
 from hf_pcoh.artifacts import write_json
 from hf_pcoh.pipeline import run_distillation
-from hf_pcoh.setup import build_setup, embedding_extractors
+from hf_pcoh.setup import build_setup
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def held_out_sets(spec: BenchmarkSpec, setup: Any) -> dict[str, HeldOutSet]:
     else:
         images, labels = upscaled_digits()
         raw["ood"] = (images[:797], images[797:], labels[:797], labels[797:])
-    _, teacher_extractor = embedding_extractors(config)
+    teacher_extractor = setup.readout.teacher_embedding
     sets = {}
     for name, (queries, reference, query_labels, reference_labels) in raw.items():
         teacher = [embed(setup.teacher, setup.collator.teacher_processor, values, teacher_extractor, setup.modality,
@@ -267,7 +267,7 @@ def held_out_sets(spec: BenchmarkSpec, setup: Any) -> dict[str, HeldOutSet]:
 def measure(student: torch.nn.Module, sets: dict[str, HeldOutSet], setup: Any, spec: BenchmarkSpec) -> dict[str, Any]:
     """``{split: {metric/geometry: value}}`` for one student, both geometries, plus its size."""
     config = setup.config
-    student_extractor, _ = embedding_extractors(config)
+    student_extractor = setup.readout.student_embedding
     results: dict[str, Any] = {"parameters": count_parameters(student)}
     for name, held_out in sets.items():
         queries, reference = (embed(student, setup.collator.student_processor, values, student_extractor,

@@ -1,10 +1,13 @@
-"""The BibTeX entry of every paper hf_pcoh implements or measures with, and of hf_pcoh itself: one constant each.
+"""The BibTeX entry of every paper hf_pcoh implements or measures with, and of hf_pcoh itself.
 
-The losses (their ``citation``), the evaluation metrics, the layer selection and the model card import their
-entries from here, so a paper is cited the same way everywhere and a card lists it once::
+A loss carries its paper's entry as its ``citation`` class attribute (one file per loss); this module reads
+them from the registry (:func:`loss_citation`) and holds the entries of everything else: the layer
+selection, the evaluation metrics and the library. The model card and the metrics cite from here, so a
+paper is cited the same way everywhere and a card lists it once::
 
-    from hf_pcoh.citations import PERCEPTION_COHERENCE, metric_citation
+    from hf_pcoh.citations import loss_citation, metric_citation
 
+    loss_citation("perception_coherence")  # the entry of Nguyen et al. (2026)
     metric_citation("knn_accuracy@10")  # the entry of Wu et al. (2018)
 
 Author lists and venues were checked against the papers' arXiv, OpenReview or publisher pages.
@@ -14,66 +17,30 @@ from __future__ import annotations
 
 import re
 
-from . import __version__
+from .losses import LOSSES, get_loss_class
+from .version import __version__
 
-# ---- the losses -------------------------------------------------------------------------------------
+# ---- the losses: read from their classes --------------------------------------------------------------
 
-PERCEPTION_COHERENCE = """@article{nguyen2026perception,
-  title   = {Feature Representation Transferring to Lightweight Models via Perception Coherence},
-  author  = {Nguyen, Hai-Vy and Gamboa, Fabrice and Zhang, Sixin and Chhaibi, Reda and Gratton, Serge and Giaccone, Thierry},
-  journal = {Transactions on Machine Learning Research},
-  year    = {2026},
-  note    = {arXiv:2505.06595}
-}"""
 
-COSPRESS = """@article{mannix2025cospress,
-  title   = {Preserving Angles Improves Feature Distillation},
-  author  = {Mannix, Evelyn J. and Hodgkinson, Liam and Bondell, Howard},
-  journal = {Transactions on Machine Learning Research},
-  year    = {2025},
-  note    = {arXiv:2411.15239}
-}"""
+def loss_citation(name: str) -> str:
+    """The BibTeX entry of the paper behind the registered loss ``name`` (its class's ``citation``)."""
+    return get_loss_class(name).citation
 
-# Procrustes distance and the Frobenius norm of the feature Gram matrix, both from this paper.
-PROCRUSTES_GRAM = """@article{bhattarai2025geometry,
-  title   = {Knowledge distillation through geometry-aware representational alignment},
-  author  = {Bhattarai, Prajjwal and Amjad, Mohammad and Zhylko, Dmytro and Alhanai, Tuka},
-  journal = {arXiv preprint arXiv:2509.25253},
-  year    = {2025}
-}"""
 
-CKA = """@inproceedings{kornblith2019similarity,
-  title     = {Similarity of Neural Network Representations Revisited},
-  author    = {Kornblith, Simon and Norouzi, Mohammad and Lee, Honglak and Hinton, Geoffrey},
-  booktitle = {Proceedings of the 36th International Conference on Machine Learning},
-  pages     = {3519--3529},
-  year      = {2019},
-  note      = {arXiv:1905.00414}
-}"""
+def loss_citations() -> dict[str, str]:
+    """``{loss name: BibTeX entry}`` for every registered loss that cites a paper, in registry order."""
+    return {name: loss_class.citation for name, loss_class in LOSSES.items() if loss_class.citation}
 
-FITNETS = """@inproceedings{romero2015fitnets,
-  title     = {FitNets: Hints for Thin Deep Nets},
-  author    = {Romero, Adriana and Ballas, Nicolas and Kahou, Samira Ebrahimi and Chassang, Antoine and Gatta, Carlo and Bengio, Yoshua},
-  booktitle = {International Conference on Learning Representations},
-  year      = {2015},
-  note      = {arXiv:1412.6550}
-}"""
 
-RKD = """@inproceedings{park2019relational,
-  title     = {Relational Knowledge Distillation},
-  author    = {Park, Wonpyo and Kim, Dongju and Lu, Yan and Cho, Minsu},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition},
-  pages     = {3967--3976},
-  year      = {2019},
-  note      = {arXiv:1904.05068}
-}"""
-
-HINTON_KD = """@article{hinton2015distilling,
-  title   = {Distilling the Knowledge in a Neural Network},
-  author  = {Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
-  journal = {arXiv preprint arXiv:1503.02531},
-  year    = {2015}
-}"""
+# The built-in losses' entries under their former names (kept importable; a new loss needs no name here).
+PERCEPTION_COHERENCE = loss_citation("perception_coherence")
+COSPRESS = loss_citation("cospress")
+PROCRUSTES_GRAM = loss_citation("procrustes")  # Procrustes and Gram losses: one paper
+CKA = loss_citation("cka")
+FITNETS = loss_citation("projected_mse")
+RKD = loss_citation("rkd_distance")
+HINTON_KD = loss_citation("logit_kd")
 
 # ---- choosing teacher layers, and the sentence-transformers peer -------------------------------------
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
+from functools import partial
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -15,11 +15,13 @@ from .artifacts import LAYER_QUALITY_PLOT_FILE
 from .config import DistillationConfig, options_of_used_losses
 from .evaluation import summary_line
 from .hub import PublishError
-from .pipeline import run_distillation
+from .non_finite import NonFiniteLossError
 from .output_dir import holds_finished_run
+from .pipeline import run_distillation
+from .readout import resolve_readout
 from .recipes import DEFAULT_RECIPE, builtin_recipes, is_recipe_argument, read_recipe
-from .setup import build_setup, choose_layers_by_quality
-from .trainer import NonFiniteLossError
+from .setup import build_run_inputs
+from .setup_steps import choose_layers_by_quality
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,10 @@ logger = logging.getLogger(__name__)
 class DistillationArgumentParser(HfArgumentParser):
     """``HfArgumentParser`` whose errors are one line naming the option and the value (raised, not printed
     after the usage of every ``TrainingArguments`` field), so ``distill_main`` reports them like any other."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No prefix matching: `--output_d DIR` is refused as unknown rather than taken for --output_dir.
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:
         raise ValueError(f"{message} (run with --help for every option and its type)")
@@ -39,7 +45,7 @@ def recipe_for_command_line(recipe: dict[str, Any], argv: list[str]) -> dict[str
     so the recipe's perception-coherence options are dropped (logged) rather than refused as options for a
     loss the run does not use. Options given with ``--loss_kwargs`` are kept as given and checked.
     """
-    options = argparse.ArgumentParser(add_help=False)
+    options = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     options.add_argument("--losses", "--loss", nargs="+")
     options.add_argument("--loss_kwargs")
     chosen, _ = options.parse_known_args(argv)
@@ -122,9 +128,13 @@ def select_layers_main(argv: list[str] | None = None) -> int:
     try:
         config = parse_distillation_args(argv)
         top_k = config.layer_selection_top_k or len(config.student_layers)
-        # Build the models and data as the recipe says, with fixed layers: the choice is made here.
-        setup = build_setup(dataclasses.replace(config, teacher_layers=["last"] * len(config.student_layers)))
-        choice = choose_layers_by_quality(setup, top_k)
+        # The recipe's data and models; its layers are scored with the teacher pooling the run would use (a recipe
+        # with teacher_layers auto chooses them in resolving its readout, as a run does).
+        inputs = build_run_inputs(config)
+        choose = partial(choose_layers_by_quality, config, inputs.teacher, inputs.collator, inputs.train_dataset,
+                         top_k=top_k)
+        readout = resolve_readout(config, inputs.teacher, choose_teacher_layers=choose)
+        choice = readout.layer_choice or choose(readout.teacher_pooling)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

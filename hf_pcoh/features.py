@@ -105,12 +105,14 @@ def pool(activations: torch.Tensor, pooling: str, attention_mask: torch.Tensor |
     raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeatureExtractor:
     """Pick ``layer`` of a model's outputs and pool it: ``extractor(outputs, attention_mask) -> Features``.
 
     ``projection`` (a frozen module ``[B, d] -> [B, d']``, e.g. a sentence-transformers teacher's Dense
-    layers) is applied to the pooled features, then ``normalize`` scales each row to unit L2 norm.
+    layers) is applied to the pooled features, then ``normalize`` scales each row to unit L2 norm. Frozen:
+    a run's extractors are resolved once (:class:`hf_pcoh.readout.FeatureReadout`) and shared; another
+    reading is ``dataclasses.replace(extractor, ...)``.
     """
 
     layer: int | str = "last"

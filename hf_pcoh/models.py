@@ -69,10 +69,18 @@ def model_class(config: PretrainedConfig, needs_logits: bool) -> type:
     return AutoModelForImageClassification if is_vision_config(config) else AutoModelForSequenceClassification
 
 
+def weights_dtype(name: str | None) -> torch.dtype | None:
+    """The ``torch.dtype`` a ``teacher_dtype`` names (``float32``, ``bfloat16``, ``float16``); None for ``auto``
+    (the checkpoint's own, transformers' default)."""
+    return None if name in (None, "auto") else getattr(torch, name)
+
+
 def load_pretrained(
-    role: str, name_or_path: str, needs_logits: bool, trust_remote_code: bool, num_labels: int | None = None
+    role: str, name_or_path: str, needs_logits: bool, trust_remote_code: bool, num_labels: int | None = None,
+    dtype: torch.dtype | None = None, init_kwargs: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """Load the ``role`` ("teacher"/"student") checkpoint, from safetensors only."""
+    """Load the ``role`` ("teacher"/"student") checkpoint, from safetensors only: in ``dtype`` when given (else the
+    checkpoint's), with ``init_kwargs`` passed on to ``from_pretrained`` (``teacher_model_init_kwargs``)."""
     path = resolve_checkpoint(name_or_path)
     option = f"{role}_model_name_or_path"
     try:
@@ -88,7 +96,9 @@ def load_pretrained(
             f"{option}={name_or_path!r}: no such local folder, and it could not be loaded from the Hub ({error}). "
             "Give a folder that holds config.json and model.safetensors, or a Hub id while online."
         ) from None
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    kwargs: dict[str, Any] = {**(init_kwargs or {}), "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     if needs_logits and num_labels is not None and getattr(config, "num_labels", None) != num_labels:
         kwargs["num_labels"] = num_labels
     try:
@@ -100,11 +110,28 @@ def load_pretrained(
         ) from None
 
 
-def build_from_config(config: PretrainedConfig, needs_logits: bool, num_labels: int | None = None) -> PreTrainedModel:
-    """A randomly initialised model of ``config`` (with a classification head when ``needs_logits``)."""
+def build_from_config(
+    config: PretrainedConfig, needs_logits: bool, num_labels: int | None = None, dtype: torch.dtype | None = None
+) -> PreTrainedModel:
+    """A randomly initialised model of ``config`` (with a classification head when ``needs_logits``), in ``dtype``
+    when given, else in the config's own ``dtype`` (transformers' rule: unset means the default, float32)."""
     if needs_logits and num_labels is not None:
         config.num_labels = num_labels
-    return model_class(config, needs_logits).from_config(config)
+    return model_class(config, needs_logits).from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+
+
+def release_weights(model: torch.nn.Module) -> None:
+    """Free a model's weights and buffers (moved to the meta device) and mark it released; the module itself, its
+    config, its ``name_or_path`` and its parameter count stay (a teacher freed after caching its features)."""
+    model.to("meta")
+    model.hf_pcoh_weights_released = True
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def weights_released(model: Any) -> bool:
+    """Whether :func:`release_weights` freed this model's weights."""
+    return bool(getattr(model, "hf_pcoh_weights_released", False))
 
 
 LAYER_NUMBER = re.compile(r"(?<=\.)(layers?|blocks?|h)\.(\d+)\.")

@@ -2,13 +2,12 @@
 
 ``scripts/distill.py`` only parses a recipe into a :class:`DistillationConfig` and calls
 :func:`run_distillation`, which runs the named steps below in order; :mod:`hf_pcoh.setup` builds
-what they work on.
+what they work on, and :mod:`hf_pcoh.provenance` writes what the run records about itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -19,41 +18,20 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from . import __version__
-from .artifacts import (
-    DISTILLATION_CONFIG_FILE,
-    EVAL_RESULTS_FILE,
-    LAYER_QUALITY_PLOT_FILE,
-    LAYER_QUALITY_TABLE_FILE,
-    write_json,
-)
+from .artifacts import EVAL_RESULTS_FILE, write_json
 from .checkpoints import check_checkpoint_files
 from .config import DistillationConfig
-from .data import first_rows, is_streamed
+from .data import first_rows
 from .evaluation import compare_teacher_and_student
-from .hub import publish, write_model_card
-from .models import count_parameters
+from .hub import publish
 from .output_dir import OutputDirClaim, claim_output_dir
 from .probe_head import fit_head_by_probe, head_accuracy
-from .sentence_embedding import resolve_embedding
-from .setup import DistillationSetup, build_setup, embedding_extractors, prepare_splits
+from .provenance import write_card, write_layer_table, write_provenance
+from .setup import DistillationSetup, build_setup
 from .sharding import is_sharded_run, whole_model
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
-
-# Names this module has always offered to tests, scripts and tooling, though they now live elsewhere.
-__all__ = [
-    "DISTILLATION_CONFIG_FILE",
-    "EVAL_RESULTS_FILE",
-    "DistillationResult",
-    "DistillationSetup",
-    "build_setup",
-    "embedding_extractors",
-    "prepare_splits",
-    "run_distillation",
-    "write_json",
-]
 
 
 @dataclass
@@ -96,7 +74,7 @@ def run_steps(config: DistillationConfig, claim: OutputDirClaim) -> Distillation
         save_student(trainer)
     evaluation = None
     if trainer.args.should_save:  # one process writes the run's files
-        write_provenance(setup, trainer)
+        write_provenance(setup, trainer.accelerator.unwrap_model(trainer.model).terms)
         write_layer_table(setup)
         if config.evaluate_after_training and setup.eval_dataset is not None and student is not None:
             evaluation = evaluate_student_against_teacher(setup, student, trainer.args.device, teacher)
@@ -125,6 +103,7 @@ def train_student(
         train_dataset=setup.train_dataset,
         eval_dataset=setup.eval_dataset if config.eval_strategy != "no" else None,
         collator=setup.collator,
+        readout=setup.readout,
     )
     if before_training is not None:
         before_training()
@@ -175,83 +154,12 @@ def save_sharded_student(
     return student, teacher
 
 
-def write_provenance(setup: DistillationSetup, trainer: DistillationTrainer) -> None:
-    write_json(os.path.join(setup.config.output_dir, DISTILLATION_CONFIG_FILE), describe_run(setup, trainer))
-
-
-def describe_run(setup: DistillationSetup, trainer: DistillationTrainer) -> dict[str, Any]:
-    """The provenance written to ``distillation_config.json`` (read by evaluate.py and the model card)."""
-    config = setup.config
-    student_extractor, teacher_extractor = embedding_extractors(config, setup.teacher)
-    recipe = {key: value for key, value in config.distillation_fields().items()}
-    return {
-        "hf_pcoh_version": __version__,
-        "recipe": json.loads(json.dumps(recipe, default=str)),
-        "teacher": describe_teacher(config, setup.teacher),
-        "student": {"model_type": setup.student.config.model_type, "parameters": count_parameters(setup.student)},
-        "dataset": {
-            "name": config.dataset_name,
-            "train_samples": None if is_streamed(setup.train_dataset) else len(setup.train_dataset),
-            "eval_samples": len(setup.eval_dataset) if setup.eval_dataset is not None else 0,
-            ("image_column" if setup.modality == "vision" else "text_column"): setup.collator.input_column,
-            **({"teacher_text_column": setup.collator.teacher_input_column} if setup.collator.teacher_input_column else {}),
-            "label_column": setup.collator.label_column,
-        },
-        "terms": [
-            {
-                "student_layer": config.student_layers[term.pair_index],
-                "teacher_layer": config.teacher_layers[term.pair_index],
-                "loss": term.key.split("_", 1)[1],
-                "weight": term.weight,
-            }
-            for term in trainer.model.terms
-        ],
-        "losses": list(config.losses),
-        "embedding": {
-            "student_layer": student_extractor.layer,
-            "teacher_layer": teacher_extractor.layer,
-            "pooling": student_extractor.pooling,
-            "teacher_pooling": teacher_extractor.pooling,
-            **resolve_embedding(config, setup.teacher).describe(),
-        },
-        "layer_selection": setup.extra["layer_choice"].to_dict() if "layer_choice" in setup.extra else None,
-        "modality": setup.modality,
-        "task": "image-feature-extraction" if setup.modality == "vision" else "feature-extraction",
-    }
-
-
-def describe_teacher(config: DistillationConfig, teacher: torch.nn.Module | None) -> dict[str, Any]:
-    """The teacher in ``distillation_config.json``: its name, architecture and size; with precomputed
-    embeddings (no teacher loaded), the column they were read from and the teacher's name when given."""
-    if teacher is None:
-        column = config.teacher_embedding_column
-        return {"name_or_path": config.teacher_model_name_or_path or f"embeddings precomputed in column {column!r}",
-                "embedding_column": column}
-    return {
-        "name_or_path": config.teacher_model_name_or_path or getattr(teacher, "name_or_path", None) or "config",
-        "model_type": teacher.config.model_type,
-        "parameters": count_parameters(teacher),
-    }
-
-
-def write_layer_table(setup: DistillationSetup) -> None:
-    """With ``teacher_layers: auto``: the knowledge quality of every teacher layer, as a table and a plot."""
-    choice = setup.extra.get("layer_choice")
-    if choice is None:
-        return
-    output_dir = setup.config.output_dir
-    with open(os.path.join(output_dir, LAYER_QUALITY_TABLE_FILE), "w", encoding="utf-8") as stream:
-        stream.write(choice.table() + "\n")
-    choice.plot(os.path.join(output_dir, LAYER_QUALITY_PLOT_FILE))
-
-
 def evaluate_student_against_teacher(
     setup: DistillationSetup, student: PreTrainedModel, device: Any, teacher: torch.nn.Module | None = None
 ) -> dict[str, Any]:
     """The trained student beside its teacher (``setup.teacher`` unless another copy is given) on the held-out
     split (and its probe head's accuracy)."""
     config = setup.config
-    student_extractor, teacher_extractor = embedding_extractors(config, setup.teacher)
     evaluation = compare_teacher_and_student(
         teacher=setup.teacher if teacher is None else teacher,
         student=student,
@@ -264,8 +172,8 @@ def evaluate_student_against_teacher(
         teacher_embedding_column=setup.collator.teacher_embedding_column,
         label_column=setup.collator.label_column,
         modality=setup.modality,
-        student_extractor=student_extractor,
-        teacher_extractor=teacher_extractor,
+        student_extractor=setup.readout.student_embedding,
+        teacher_extractor=setup.readout.teacher_embedding,
         max_length=config.max_length,
         device=device,
         dataset_name=config.dataset_name,
@@ -277,11 +185,6 @@ def evaluate_student_against_teacher(
             max_length=config.max_length, device=device,
         )
     return evaluation
-
-
-def write_card(output_dir: str) -> None:
-    """The model card, from the files written above."""
-    write_model_card(output_dir)
 
 
 def publish_if_asked(config: DistillationConfig) -> None:

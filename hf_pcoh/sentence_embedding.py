@@ -9,11 +9,12 @@ layers (a linear map and an activation) and ``Normalize`` (unit L2 norm).
 are its own sentence embedding, read from its files (:func:`read_sentence_pipeline`): its Pooling mode,
 its Dense layers (on the ``last`` layer, the one they were trained on) and its Normalize. The student
 pools its tokens the same way and is normalised when the teacher is. Explicit settings win
-(:func:`resolve_embedding`): ``pooling`` / ``teacher_pooling`` give exactly that pooling of the raw
-layer, without Dense or Normalize, and ``normalize: true/false`` decides the normalisation of both.
+(:func:`hf_pcoh.readout.resolve_readout`, which decides this once per run): ``pooling`` / ``teacher_pooling``
+give exactly that pooling of the raw layer, without Dense or Normalize, and ``normalize: true/false`` decides
+the normalisation of both.
 
 **Out.** The student of a run whose teacher is a sentence-transformers model is saved in the same layout
-beside its ``config.json`` (:func:`write_sentence_transformers_files`): ``modules.json``,
+beside its ``config.json`` (:func:`save_student_as_sentence_transformer`): ``modules.json``,
 ``1_Pooling/config.json`` with the run's pooling, ``2_Normalize`` when the run normalised, and
 ``sentence_bert_config.json`` with the run's ``max_length``. ``SentenceTransformer(output_dir).encode``
 then gives the embedding the run measured, and ``AutoModel.from_pretrained(output_dir)`` the bare student.
@@ -32,9 +33,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn.utils import skip_init
 
-from .config import AUTO_POOLING, DistillationConfig
-from .features import FeatureExtractor
+from .artifacts import write_text
+from .config import DistillationConfig
 from .models import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -164,7 +166,9 @@ def dense_layer(name_or_path: str, path: str) -> tuple[nn.Module, str | None]:
     if activation is None:
         return nn.Identity(), f"its Dense module {path} uses the activation {config.get('activation_function')}"
     state = load_file(weights_path)
-    linear = nn.Linear(int(config["in_features"]), int(config["out_features"]), bias=bool(config.get("bias", True)))
+    # Not initialised (its weights are read next): reading a teacher's files leaves the random state as it was.
+    linear = skip_init(nn.Linear, int(config["in_features"]), int(config["out_features"]),
+                       bias=bool(config.get("bias", True)))
     linear.load_state_dict({key[len("linear."):]: value for key, value in state.items() if key.startswith("linear.")})
     return nn.Sequential(linear, activation), None
 
@@ -180,44 +184,7 @@ def activation_module(full_name: str) -> nn.Module | None:
     return activation()
 
 
-# ---- how both models' features are made -----------------------------------------------------------
-
-
-@dataclass
-class EmbeddingSettings:
-    """The poolings and post-pooling of a run, resolved from its config and its teacher's files."""
-
-    student_pooling: str
-    teacher_pooling: str
-    normalize: bool
-    teacher_projection: nn.Module | None = None  # the teacher's Dense layers, on its 'last' layer
-    teacher_pipeline: SentencePipeline | None = None  # set when the teacher is a sentence-transformers model
-    follows_teacher_pipeline: bool = False  # the teacher's features are its own sentence embedding
-
-    def teacher_extractor(self, layer: int | str) -> FeatureExtractor:
-        projection = self.teacher_projection if layer == "last" else None
-        return FeatureExtractor(layer, self.teacher_pooling, "teacher", self.normalize, projection)
-
-    def student_extractor(self, layer: int | str) -> FeatureExtractor:
-        return FeatureExtractor(layer, self.student_pooling, "student", self.normalize)
-
-    def embedding_extractors(
-        self, student_layer: int | str, teacher_layer: int | str
-    ) -> tuple[FeatureExtractor, FeatureExtractor]:
-        """(student, teacher) extractors of the embeddings measured: token-level poolings ('none') read as mean."""
-        student, teacher = self.student_extractor(student_layer), self.teacher_extractor(teacher_layer)
-        student.pooling = "mean" if student.pooling == "none" else student.pooling
-        teacher.pooling = "mean" if teacher.pooling == "none" else teacher.pooling
-        return student, teacher
-
-    def describe(self) -> dict[str, Any]:
-        """What ``distillation_config.json`` records of it."""
-        return {
-            "normalize": self.normalize,
-            "teacher_sentence_transformers": self.teacher_pipeline is not None,
-            "teacher_pipeline_followed": self.follows_teacher_pipeline,
-            "teacher_dense_layers": self.teacher_pipeline.dense_layers if self.follows_teacher_pipeline else 0,
-        }
+# ---- where the teacher's files are ------------------------------------------------------------------
 
 
 def teacher_source(config: DistillationConfig, teacher: Any = None) -> str | None:
@@ -227,30 +194,6 @@ def teacher_source(config: DistillationConfig, teacher: Any = None) -> str | Non
     return getattr(teacher, "name_or_path", None) or None
 
 
-def resolve_embedding(config: DistillationConfig, teacher: Any = None) -> EmbeddingSettings:
-    """The run's poolings and post-pooling: ``pooling: auto`` follows a sentence-transformers teacher's own
-    pipeline (else mean); an explicit ``pooling`` / ``teacher_pooling`` / ``normalize`` wins."""
-    source = teacher_source(config, teacher)
-    pipeline = read_sentence_pipeline(source) if source else None
-    auto = config.pooling == AUTO_POOLING
-    follow = auto and config.teacher_pooling is None and pipeline is not None
-    if follow and pipeline.unsupported:
-        raise ValueError(
-            f"pooling=auto: the teacher {source} is a sentence-transformers model, but {pipeline.unsupported}, which "
-            "hf_pcoh does not reproduce; set --pooling (cls, mean, max, last_token) to distil a pooling of its layers"
-        )
-    student_pooling = ((pipeline.pooling if pipeline is not None else None) or "mean") if auto else config.pooling
-    normalize = config.normalize if config.normalize is not None else bool(follow and pipeline.normalize)
-    return EmbeddingSettings(
-        student_pooling=student_pooling,
-        teacher_pooling=config.teacher_pooling or student_pooling,
-        normalize=bool(normalize),
-        teacher_projection=pipeline.projection if follow else None,
-        teacher_pipeline=pipeline,
-        follows_teacher_pipeline=follow,
-    )
-
-
 # ---- out: the student as a sentence-transformers model ----------------------------------------------
 
 
@@ -258,20 +201,6 @@ def student_embedding_width(student_config: Any) -> int | None:
     """The width of the student's ``last_hidden_state`` (OPT projects it to ``word_embed_proj_dim``)."""
     width = getattr(student_config, "word_embed_proj_dim", None) or getattr(student_config, "hidden_size", None)
     return int(width) if width else None
-
-
-def sentence_transformers_pooling(settings: EmbeddingSettings, config: DistillationConfig, modality: str,
-                                  padding_side: str | None) -> str | None:
-    """The Pooling mode the student is saved with, or None when it cannot be a sentence-transformers model:
-    the teacher is not one, the student is not a text model, its embedding is not its ``last`` layer, or
-    its pooling has no sentence-transformers equivalent."""
-    if settings.teacher_pipeline is None or modality != "text" or str(config.student_layers[-1]) != "last":
-        return None
-    student, _ = settings.embedding_extractors(config.student_layers[-1], config.teacher_layers[-1])
-    mode = SENTENCE_TRANSFORMERS_POOLING.get(student.pooling)
-    if mode == "cls" and padding_side == "left":
-        return None  # sentence-transformers takes the first real token, hf_pcoh the first position
-    return mode
 
 
 def write_sentence_transformers_files(
@@ -312,21 +241,19 @@ def write_sentence_transformers_files(
     for name, payload in files.items():
         path = os.path.join(output_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
+        write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def save_student_as_sentence_transformer(
-    output_dir: str, settings: EmbeddingSettings, config: DistillationConfig, student: Any, processor: Any,
-    modality: str,
+    output_dir: str, pooling_mode: str | None, normalize: bool, student: Any, max_length: int
 ) -> bool:
-    """Write the sentence-transformers files beside a saved student when the run allows it; True when written."""
-    mode = sentence_transformers_pooling(settings, config, modality, getattr(processor, "padding_side", None))
-    if mode is None:
+    """Write the sentence-transformers files beside a saved student, pooled with ``pooling_mode``
+    (:meth:`hf_pcoh.readout.FeatureReadout.sentence_transformers_pooling`; None: the run's student cannot be
+    one, nothing is written); True when written."""
+    if pooling_mode is None:
         return False
-    write_sentence_transformers_files(output_dir, mode, settings.normalize, student_embedding_width(student.config),
-                                      config.max_length)
+    write_sentence_transformers_files(output_dir, pooling_mode, normalize, student_embedding_width(student.config),
+                                      max_length)
     return True
 
 

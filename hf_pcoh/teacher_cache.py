@@ -3,49 +3,73 @@
 The features of every layer pair (and the logits, when logit KD needs them) are added to the training
 set as columns by a batched ``datasets.map`` and saved as Arrow under ``DIR/<fingerprint>``. The
 fingerprint covers the teacher's weights and config, its processor, the layers, pooling and post-pooling
-(Dense, Normalize), and the exact training rows, so any change to them computes a new cache instead of
-reading a stale one. A cache that cannot be read whole (a truncated Arrow file, rows or columns missing) is
-computed again, with a warning.
+(Dense, Normalize), the exact training rows and the mixed precision the teacher ran under, so any change to
+them computes a new cache instead of reading a stale one. It is computed once, by the main process (the
+weights are hashed once), and broadcast to the others. A cache that cannot be read whole (a truncated Arrow
+file, rows or columns missing) is computed again, with a warning.
 Cached features are only right when every epoch shows the teacher the same inputs: a data set with an
 on-the-fly transform (augmentation) is refused.
 Texts are embedded in order of length (as sentence-transformers' ``encode`` does), so that each batch is
-padded to about its own texts' length; the rows are stored in the training set's order.
+padded to about its own texts' length; the rows are stored in the training set's order. Under ``--bf16`` /
+``--fp16`` the teacher runs under the same autocast as in a training step; the features are stored in float32.
 
-``--teacher_cache auto`` caches, under ``HF_DATASETS_CACHE``, only when that is sure to be right and to fit:
-a map-style training set without an on-the-fly transform, pooled features, features that take at most
-half the free memory and half the free disk, and a run that draws at least as many examples as the set
-has rows (with ``max_steps`` shorter than one epoch, computing every row's features costs more than
-running the teacher live on the rows drawn); otherwise the teacher runs live, as without the option
-(:func:`resolve_cache_dir` logs why).
+**Several processes share the pass** (:class:`CacheWorkers`): each runs the teacher over its contiguous share of
+the training rows and writes it under ``DIR/<fingerprint>.shards/``; once the last share is written, one process
+merges them, in order, into the very cache one process would have written (same fingerprint, rows and columns),
+which every process then reads. A process waits only for the slowest share and the merge, never for a whole
+pass, so a long pass no longer runs into ``ddp_timeout``. The processes that share a folder are all of them, or
+each node's with ``save_on_each_node`` (nodes without shared storage). A process whose teacher is not whole (left
+on the meta device by FSDP's ``cpu_ram_efficient_loading``, partitioned by ZeRO-3) computes no share.
+
+``--teacher_cache auto`` (:func:`resolve_cache_dir`, decided by the main process, logged in one line) caches,
+under ``HF_DATASETS_CACHE``, only when that is sure to be right, to fit and to pay: a map-style training set
+without an on-the-fly transform, pooled features, features that take at most half the free memory and half the
+free disk, a run that passes over the training set at least once (a ``max_steps`` run shorter than an epoch
+costs less with the teacher live on the rows it draws; from one pass on, the length-sorted cached pass costs less
+than the live teacher's epochs, measured in docs/benchmarks.md), and, with several processes, a pass whose share
+per process is estimated (:class:`PassEstimate`: about 2 x parameters x tokens FLOPs, at the rate timed on a
+batch) to take less than half of ``ddp_timeout``; otherwise the teacher runs live, as without the option.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Any
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 from datasets import Dataset
 
 from .collator import CACHED_LOGITS_COLUMN, cached_feature_column, process
+from .distributed import world_size
 from .features import FeatureExtractor
 from .frozen_teacher import run_teacher
+from .models import count_parameters
 
 logger = logging.getLogger(__name__)
+
+Value = TypeVar("Value")
+
+# ---- the fingerprint -------------------------------------------------------------------------------------
 
 
 def teacher_fingerprint(
     teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], dataset: Dataset,
-    input_column: str, max_length: int, with_logits: bool,
+    input_column: str, max_length: int, with_logits: bool, autocast_dtype: torch.dtype | None = None,
 ) -> str:
-    """A digest of everything the cached features depend on."""
+    """A digest of everything the cached features depend on (the teacher's weights hashed whole: call it on one
+    process, :func:`from_main_process`)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(teacher.state_dict().items()):
         digest.update(name.encode())
@@ -59,17 +83,152 @@ def teacher_fingerprint(
         "max_length": max_length,
         "logits": with_logits,
     }
+    if autocast_dtype is not None:  # (absent in full precision: the caches written before this key stay valid)
+        settings["autocast"] = str(autocast_dtype)
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 
 
-def refuse_augmented(dataset: Dataset) -> None:
-    if dataset.format.get("type") == "custom":
-        raise ValueError(
-            "teacher_cache: the training set has an on-the-fly transform (set_transform / with_transform), so the "
-            "teacher would see different inputs each epoch and cached features would be wrong; drop --teacher_cache "
-            "or remove the augmentation"
-        )
+# ---- the processes that share the pass -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheWorkers:
+    """The processes that write one cache folder, and which of them run the teacher over a share of the rows."""
+
+    rank: int = 0  # this process
+    group: tuple[int, ...] = (0,)  # the processes that share this cache folder (its storage), in rank order
+    computing: tuple[int, ...] = (0,)  # those of them whose teacher is whole: each computes a contiguous share
+
+    @property
+    def merger(self) -> int:
+        """The process that merges the group's shares into the cache."""
+        return self.group[0]
+
+    @property
+    def alone(self) -> bool:
+        """One process computes every row and writes the cache itself, with no shares to merge."""
+        return self.computing == (self.merger,)
+
+    def share(self, rows: int) -> range:
+        """This process's contiguous share of ``rows`` training rows (empty when it computes none)."""
+        if self.rank not in self.computing:
+            return range(0)
+        index, count = self.computing.index(self.rank), len(self.computing)
+        return range(rows * index // count, rows * (index + 1) // count)
+
+
+def teacher_is_whole(teacher: torch.nn.Module) -> bool:
+    """Whether this process holds all of the teacher's weights (none left on the meta device, none partitioned)."""
+    return not any(parameter.is_meta or hasattr(parameter, "ds_id") for parameter in teacher.parameters())
+
+
+def cache_workers(teacher: torch.nn.Module, storage: str = "") -> CacheWorkers:
+    """Who computes which rows: every process whose teacher is whole, among those on the same ``storage`` (one
+    gather of a flag per process; on one process, itself)."""
+    if world_size() == 1:
+        return CacheWorkers()
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, (storage, teacher_is_whole(teacher)))
+    group = tuple(rank for rank, (shared, _) in enumerate(gathered) if shared == storage)
+    return CacheWorkers(dist.get_rank(), group, tuple(rank for rank in group if gathered[rank][1]))
+
+
+def from_main_process(compute: Callable[[], Value]) -> Value:
+    """``compute()`` run by the main process alone, its result handed to every process (one broadcast); an
+    error there is raised on every process rather than leaving the others waiting."""
+    if world_size() == 1:
+        return compute()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, compute())]
+        except Exception as error:
+            dist.broadcast_object_list([(False, f"{type(error).__name__}: {error}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    done, value = box[0]
+    if not done:
+        raise RuntimeError(f"the main process failed while preparing the teacher cache: {value}")
+    return value
+
+
+def every_process(value: Value) -> list[Value]:
+    """``value`` of every process, in rank order (a gather, so every process waits here for the slowest)."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def raise_any(errors: list[str | None], what: str) -> None:
+    """Fail on every process alike when ``what`` failed on one of them."""
+    failed = [(rank, error) for rank, error in enumerate(errors) if error is not None]
+    if failed:
+        rank, error = failed[0]
+        raise RuntimeError(f"teacher_cache: {what} failed on process {rank}: {error}")
+
+
+# ---- computing and storing the features ------------------------------------------------------------------
+
+
+def teacher_feature_rows(
+    dataset: Dataset, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
+    modality: str, max_length: int, with_logits: bool, device: torch.device | str, batch_size: int,
+    autocast_dtype: torch.dtype | None, fingerprint: str,
+) -> Dataset:
+    """``dataset`` with the teacher's feature columns (float32), computed in order of length, rows in its own order."""
+    teacher.eval().to(device)
+    weights_dtype = next(teacher.parameters()).dtype
+    device_type = torch.device(device).type
+
+    def teacher_columns(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        inputs = process(processor, batch[input_column], modality, max_length)
+        # floating inputs (pixel_values) in the teacher's own dtype, as a training step gives them (teacher_dtype)
+        inputs = {name: tensor.to(device=device, dtype=weights_dtype if tensor.is_floating_point() else None)
+                  for name, tensor in inputs.items()}
+        precision = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
+        with precision:
+            features, logits = run_teacher(teacher, inputs, extractors)
+        columns: dict[str, Any] = {}
+        for index, feature in enumerate(features):
+            if feature.values.dim() != 2:
+                raise ValueError("teacher_cache stores pooled features; pooling 'none' (tokens) cannot be cached")
+            columns[cached_feature_column(index)] = feature.values.float().cpu().numpy()
+        if with_logits:
+            columns[CACHED_LOGITS_COLUMN] = logits.float().cpu().numpy()
+        return columns
+
+    order = np.argsort([len(text) for text in dataset[input_column]], kind="stable") if modality == "text" else None
+    source = dataset if order is None else dataset.select(order)  # texts of similar length share a batch
+    cached = source.map(teacher_columns, batched=True, batch_size=batch_size, desc="teacher features",
+                        load_from_cache_file=False, new_fingerprint=fingerprint)
+    return cached if order is None else cached.select(np.argsort(order))  # back to the dataset's order
+
+
+def save_atomically(dataset: Dataset, target: str) -> None:
+    """``dataset`` saved as ``target``, replacing whatever was there; an interrupted save never leaves a half-written
+    folder under that name."""
+    partial = f"{target}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    dataset.save_to_disk(partial)
+    if os.path.lexists(target):
+        remove_cache(target)
+    os.replace(partial, target)
+
+
+def shard_folder(target: str, index: int, count: int) -> str:
+    return os.path.join(f"{target}.shards", f"{index:05d}-of-{count:05d}")
+
+
+def merge_shards(target: str, count: int) -> None:
+    """The ``count`` shares of the rows, in order, saved as the cache ``target``; the shares then removed."""
+    shares = [datasets.load_from_disk(shard_folder(target, index, count)) for index in range(count)]
+    save_atomically(datasets.concatenate_datasets(shares), target)
+    del shares
+    shutil.rmtree(f"{target}.shards", ignore_errors=True)
 
 
 def add_cached_teacher_features(
@@ -84,47 +243,87 @@ def add_cached_teacher_features(
     with_logits: bool,
     device: torch.device | str = "cpu",
     batch_size: int = 128,
+    autocast_dtype: torch.dtype | None = None,
+    workers: CacheWorkers | None = None,
 ) -> Dataset:
-    """``dataset`` with a ``teacher_features_<i>`` column per layer pair (and ``teacher_logits``), cached on disk."""
+    """``dataset`` with a ``teacher_features_<i>`` column per layer pair (and ``teacher_logits``), cached on disk.
+
+    Every process calls it; each computes its share of the rows (``workers``, default :func:`cache_workers`), one
+    merges the shares, all read the cache. ``autocast_dtype``: the mixed precision the teacher runs under."""
     refuse_augmented(dataset)
-    fingerprint = teacher_fingerprint(teacher, processor, extractors, dataset, input_column, max_length, with_logits)
+    workers = workers if workers is not None else cache_workers(teacher)
+    fingerprint = from_main_process(lambda: teacher_fingerprint(  # the module's own name: benchmarks time it
+        teacher, processor, extractors, dataset, input_column, max_length, with_logits, autocast_dtype))
     target = os.path.join(cache_dir, fingerprint)
     columns = [cached_feature_column(index) for index in range(len(extractors))]
     columns += [CACHED_LOGITS_COLUMN] if with_logits else []
-    if os.path.lexists(target):
-        cached, problem = read_cache(target, len(dataset), columns)
-        if cached is not None:
-            logger.info("reading cached teacher features from %s", target)
-            return cached
+    cached, problem = read_cache(target, len(dataset), columns) if os.path.lexists(target) else (None, "missing")
+    problems = every_process(problem)
+    if not any(problems):
+        logger.info("reading cached teacher features from %s", target)
+        return cached
+    if problem not in (None, "missing") and workers.rank == workers.merger:
         logger.warning("the teacher-feature cache %s is damaged (%s), perhaps by a run killed or a disk filled while "
                        "it was written: computing it again", target, problem)
-        remove_cache(target)
-    teacher.eval().to(device)
+    del cached
+    if not workers.computing:
+        raise ValueError("teacher_cache: no process holds the teacher's whole weights (FSDP's cpu_ram_efficient_loading "
+                         "or ZeRO-3 left them partitioned), so none can run it over the training rows: drop "
+                         "--teacher_cache, or load the teacher whole on at least one process")
+    compute_share(dataset, target, workers, teacher, processor, extractors, input_column, modality, max_length,
+                  with_logits, device, batch_size, autocast_dtype, fingerprint)
+    merge_error = None
+    if not workers.alone and workers.rank == workers.merger:
+        try:
+            merge_shards(target, len(workers.computing))
+        except Exception as error:  # reported on every process, none left waiting
+            merge_error = f"{type(error).__name__}: {error}"
+    raise_any(every_process(merge_error), "merging the shares of the teacher's features")
+    cached, problem = read_cache(target, len(dataset), columns)
+    if cached is None:
+        raise RuntimeError(f"teacher_cache: the cache {target} just written cannot be read ({problem})")
+    return cached
 
-    def teacher_columns(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        inputs = process(processor, batch[input_column], modality, max_length)
-        features, logits = run_teacher(teacher, {k: v.to(device) for k, v in inputs.items()}, extractors)
-        columns: dict[str, Any] = {}
-        for index, feature in enumerate(features):
-            if feature.values.dim() != 2:
-                raise ValueError("teacher_cache stores pooled features; pooling 'none' (tokens) cannot be cached")
-            columns[cached_feature_column(index)] = feature.values.float().cpu().numpy()
-        if with_logits:
-            columns[CACHED_LOGITS_COLUMN] = logits.float().cpu().numpy()
-        return columns
 
-    logger.info("computing teacher features for %d rows into %s", len(dataset), target)
-    order = np.argsort([len(text) for text in dataset[input_column]], kind="stable") if modality == "text" else None
-    source = dataset if order is None else dataset.select(order)  # texts of similar length share a batch
-    cached = source.map(teacher_columns, batched=True, batch_size=batch_size, desc="teacher features",
-                        load_from_cache_file=False, new_fingerprint=fingerprint)
-    if order is not None:
-        cached = cached.select(np.argsort(order))  # back to the training set's order
-    partial = f"{target}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    cached.save_to_disk(partial)
-    os.replace(partial, target)  # an interrupted run never leaves a half-written cache under the final name
-    return datasets.load_from_disk(target)
+def compute_share(
+    dataset: Dataset, target: str, workers: CacheWorkers, teacher: torch.nn.Module, processor: Any,
+    extractors: list[FeatureExtractor], input_column: str, modality: str, max_length: int, with_logits: bool,
+    device: torch.device | str, batch_size: int, autocast_dtype: torch.dtype | None, fingerprint: str,
+) -> None:
+    """This process's share of the rows computed and written (the whole cache when it computes alone), then a wait
+    for the other shares: the only wait of the pass."""
+    share = workers.share(len(dataset))
+    if workers.alone and world_size() > 1 and workers.rank == workers.merger:
+        logger.warning("teacher_cache: only process %d holds the teacher's whole weights, so it computes every row "
+                       "while the others wait (under ddp_timeout)", workers.rank)
+    began, error = time.perf_counter(), None
+    if len(share):
+        try:
+            rows = dataset if len(share) == len(dataset) else dataset.select(share)
+            features = teacher_feature_rows(rows, teacher, processor, extractors, input_column, modality, max_length,
+                                            with_logits, device, batch_size, autocast_dtype,
+                                            f"{fingerprint}-{share.start}-{share.stop}")
+            index = workers.computing.index(workers.rank)
+            save_atomically(features, target if workers.alone else shard_folder(target, index, len(workers.computing)))
+        except Exception as error_raised:  # reported on every process, none left waiting
+            if world_size() == 1:
+                raise
+            error = f"{type(error_raised).__name__}: {error_raised}"
+    computed = time.perf_counter() - began
+    errors = every_process(error)
+    logger.info("teacher features: process %d ran the teacher over %d rows (%d to %d of %d) in %.1f s, then waited "
+                "%.1f s for the other shares, into %s", workers.rank, len(share), share.start, share.stop - 1,
+                len(dataset), computed, time.perf_counter() - began - computed, target)
+    raise_any(errors, "computing a share of the teacher's features")
+
+
+def refuse_augmented(dataset: Dataset) -> None:
+    if dataset.format.get("type") == "custom":
+        raise ValueError(
+            "teacher_cache: the training set has an on-the-fly transform (set_transform / with_transform), so the "
+            "teacher would see different inputs each epoch and cached features would be wrong; drop --teacher_cache "
+            "or remove the augmentation"
+        )
 
 
 def read_cache(target: str, rows: int, columns: list[str]) -> tuple[Dataset | None, str | None]:
@@ -152,7 +351,12 @@ def remove_cache(target: str) -> None:
         os.remove(target)
 
 
+# ---- teacher_cache: auto ---------------------------------------------------------------------------------
+
 AUTO_CACHE = "auto"  # teacher_cache: auto
+SAFE_TIMEOUT_FRACTION = 0.5  # auto caches when a process's share of the pass takes less than this x ddp_timeout
+PROBE_ROWS = 16  # rows of the batch the teacher's rate is timed on
+TOKEN_SAMPLE_ROWS = 1000  # rows whose tokens are counted to estimate the training set's
 
 
 def auto_cache_dir() -> str:
@@ -176,51 +380,157 @@ def free_disk(folder: str) -> int:
     return shutil.disk_usage(existing).free
 
 
-def auto_cache_refusal(
-    dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
-    modality: str, max_length: int, with_logits: bool, cache_dir: str, examples_drawn: int | None = None,
-) -> str | None:
-    """Why ``teacher_cache: auto`` leaves the teacher live on this run, or None when its features are cached.
+@dataclass(frozen=True)
+class PassEstimate:
+    """The cost of one pass of the teacher over the training set: about ``2 * parameters * tokens`` FLOPs (a
+    forward costs 2 FLOPs per parameter per token), at the rate the teacher ran a batch of training rows.
 
-    ``examples_drawn``: how many training examples the run will draw (steps x global batch), when known.
+    ``tokens`` counts the texts' tokens after truncation at ``max_length`` (a sample's mean times the rows); an
+    image counts as one, its cost per "token" then being timed whole on the batch, so the seconds hold either way."""
+
+    parameters: int
+    tokens: int
+    flops_per_second: float
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.parameters * self.tokens
+
+    @property
+    def seconds(self) -> float:
+        """One process running the whole pass."""
+        return self.flops / self.flops_per_second
+
+    def describe(self, processes: int) -> str:
+        return (f"one pass, 2 x {self.parameters:.3g} parameters x {self.tokens:.3g} tokens = {self.flops:.2g} FLOPs "
+                f"at the {self.flops_per_second:.2g} FLOP/s timed on a batch, takes about "
+                f"{format_seconds(self.seconds / processes)} per process on {processes}")
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def count_tokens(dataset: Dataset, processor: Any, input_column: str, modality: str, max_length: int) -> int:
+    """The training set's tokens after truncation (texts: counted on up to ``TOKEN_SAMPLE_ROWS`` evenly spaced
+    rows, scaled to all), or its images."""
+    if modality != "text":
+        return len(dataset)
+    picked = np.linspace(0, len(dataset) - 1, num=min(len(dataset), TOKEN_SAMPLE_ROWS)).round().astype(int)
+    texts = list(dataset.select(np.unique(picked))[input_column])
+    lengths = [len(ids) for ids in processor(texts, truncation=True, max_length=max_length)["input_ids"]]
+    return max(1, round(float(np.mean(lengths)) * len(dataset)))
+
+
+def probe_teacher(
+    dataset: Dataset, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
+    modality: str, max_length: int, device: torch.device | str, autocast_dtype: torch.dtype | None,
+) -> tuple[list[Any], torch.Tensor | None, float, int]:
+    """``(features, logits, seconds, tokens)`` of the teacher on a batch of training rows, as the cached pass runs it:
+    run once to warm up, then timed."""
+    teacher.eval().to(device)
+    rows = list(dataset.select(range(min(PROBE_ROWS, len(dataset))))[input_column])
+    inputs = process(processor, rows, modality, max_length)
+    weights_dtype = next(teacher.parameters()).dtype
+    inputs = {name: tensor.to(device=device, dtype=weights_dtype if tensor.is_floating_point() else None)
+              for name, tensor in inputs.items()}
+    tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else len(rows)
+    device_type = torch.device(device).type
+    timings = []
+    for _ in range(2):
+        precision = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
+        began = time.perf_counter()
+        with precision:
+            features, logits = run_teacher(teacher, inputs, extractors)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - began)
+    return features, logits, max(timings[-1], 1e-6), tokens
+
+
+@dataclass(frozen=True)
+class AutoCacheDecision:
+    """What ``teacher_cache: auto`` chose for a run, and why (the line it logs)."""
+
+    cache: bool
+    reason: str
+
+
+def auto_cache_decision(
+    dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
+    modality: str, max_length: int, with_logits: bool, cache_dir: str, passes: float | None = None,
+    processes: int = 1, timeout_seconds: float | None = None, device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> AutoCacheDecision:
+    """Whether ``teacher_cache: auto`` caches the teacher's features of this run, and why.
+
+    ``passes``: how many times the run goes over the training set (its epochs; examples drawn / rows for a
+    ``max_steps`` run), when known. ``processes``: how many processes share the pass (those whose teacher is
+    whole). ``timeout_seconds``: ``ddp_timeout`` when other processes wait for the pass (None on one process): a
+    process's share must take less than ``SAFE_TIMEOUT_FRACTION`` of it.
     """
+    def live(reason: str) -> AutoCacheDecision:
+        return AutoCacheDecision(False, reason)
+
     if not isinstance(dataset, Dataset):
-        return "the training set is streamed"
+        return live("the training set is streamed")
     if dataset.format.get("type") == "custom":
-        return "the training set has an on-the-fly transform (augmentation): the teacher must see each epoch's inputs"
+        return live("the training set has an on-the-fly transform (augmentation): the teacher must see each epoch's "
+                    "inputs")
     if len(dataset) < 2:
-        return "the training set has fewer than 2 rows"
-    if examples_drawn is not None and examples_drawn < len(dataset):
-        return (f"the run draws {examples_drawn} examples, fewer than the training set's {len(dataset)} rows: the "
-                "teacher on those alone costs less than on every row")
-    device = next(teacher.parameters()).device
-    inputs = process(processor, list(dataset.select(range(2))[input_column]), modality, max_length)
-    features, logits = run_teacher(teacher, {name: tensor.to(device) for name, tensor in inputs.items()}, extractors)
+        return live("the training set has fewer than 2 rows")
+    if passes is not None and passes < 1:
+        return live(f"the run passes over the training set {passes:.3g} times, less than once: the teacher on the rows "
+                    f"drawn costs less than on all {len(dataset)}")
+    if not teacher_is_whole(teacher):
+        return live("the main process does not hold the teacher's whole weights (left partitioned by FSDP or ZeRO-3)")
+    device = device if device is not None else next(teacher.parameters()).device
+    features, logits, seconds, batch_tokens = probe_teacher(dataset, teacher, processor, extractors, input_column,
+                                                            modality, max_length, device, autocast_dtype)
     if any(feature.values.dim() != 2 for feature in features):
-        return "pooling 'none' gives tokens, and only pooled features are cached"
+        return live("pooling 'none' gives tokens, and only pooled features are cached")
     width = sum(feature.dim for feature in features) + (logits.shape[-1] if with_logits and logits is not None else 0)
     needed = len(dataset) * width * 4  # float32
     memory, disk = available_memory(), free_disk(cache_dir)
     if memory is not None and needed > memory / 2:
-        return f"the features ({needed / 2**30:.2f} GiB) would take more than half the free memory"
+        return live(f"the features ({needed / 2**30:.2f} GiB) would take more than half the free memory")
     if needed > disk / 2:
-        return f"the features ({needed / 2**30:.2f} GiB) would take more than half the free disk at {cache_dir}"
-    return None
+        return live(f"the features ({needed / 2**30:.2f} GiB) would take more than half the free disk at {cache_dir}")
+    parameters = count_parameters(teacher)
+    estimate = PassEstimate(parameters, count_tokens(dataset, processor, input_column, modality, max_length),
+                            2.0 * parameters * batch_tokens / seconds)
+    per_process = estimate.seconds / processes
+    if timeout_seconds and per_process > SAFE_TIMEOUT_FRACTION * timeout_seconds:
+        return live(f"{estimate.describe(processes)}, more than {SAFE_TIMEOUT_FRACTION:g} x the ddp_timeout "
+                    f"({format_seconds(timeout_seconds)}) a process may wait for the others: raise --ddp_timeout or "
+                    "give --teacher_cache DIR to cache anyway")
+    how_often = "an unknown number of" if passes is None else f"{passes:.3g}"
+    within = f", within {SAFE_TIMEOUT_FRACTION:g} x ddp_timeout" if timeout_seconds else ""
+    return AutoCacheDecision(True, f"the run passes over the training set {how_often} times and "
+                             f"{estimate.describe(processes)}{within}; the features take {needed / 2**20:.1f} MiB")
 
 
 def resolve_cache_dir(
     cache_dir: str | None, dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor],
-    input_column: str, modality: str, max_length: int, with_logits: bool, examples_drawn: int | None = None,
+    input_column: str, modality: str, max_length: int, with_logits: bool, passes: float | None = None,
+    timeout_seconds: float | None = None, device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None, workers: CacheWorkers | None = None,
 ) -> str | None:
     """The folder of the teacher-feature cache of a run, or None when the teacher runs live: ``cache_dir`` as
-    given, and for ``auto`` :func:`auto_cache_dir` unless :func:`auto_cache_refusal` finds a reason not to."""
+    given, and for ``auto`` :func:`auto_cache_dir` when :func:`auto_cache_decision`, taken by the main process
+    for all, says so (one log line: what it chose and why). Every process calls it."""
     if cache_dir != AUTO_CACHE:
         return cache_dir
+    workers = workers if workers is not None else cache_workers(teacher)
     folder = auto_cache_dir()
-    reason = auto_cache_refusal(dataset, teacher, processor, extractors, input_column, modality, max_length,
-                                with_logits, folder, examples_drawn)
-    if reason is not None:
-        logger.info("teacher_cache auto: the teacher runs live, as %s", reason)
-        return None
-    logger.info("teacher_cache auto: the teacher's features are computed once, into %s", folder)
-    return folder
+    decision = from_main_process(lambda: auto_cache_decision(
+        dataset, teacher, processor, extractors, input_column, modality, max_length, with_logits, folder, passes,
+        max(1, len(workers.computing)), timeout_seconds if world_size() > 1 else None, device, autocast_dtype))
+    if workers.rank == 0:
+        if decision.cache:
+            logger.info("teacher_cache auto: the teacher's features are computed once, into %s: %s", folder,
+                        decision.reason)
+        else:
+            logger.info("teacher_cache auto: the teacher runs live, as %s", decision.reason)
+    return folder if decision.cache else None

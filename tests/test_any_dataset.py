@@ -14,8 +14,9 @@ from PIL import Image
 
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.data import load_splits, load_wordnet_glosses
-from hf_pcoh.pipeline import build_setup, run_distillation
-from hf_pcoh.setup import encode_string_labels, load_config_splits
+from hf_pcoh.pipeline import run_distillation
+from hf_pcoh.setup import build_setup
+from hf_pcoh.setup_data import encode_string_labels, load_config_splits
 from hf_pcoh.trainer import DistillationTrainer
 
 from tiny_models import MINILM, TINY_BERT, TINY_RESNET, TINY_VIT

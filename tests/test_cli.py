@@ -216,7 +216,7 @@ def test_push_to_hub_without_a_token_leaves_a_complete_folder_and_says_so(tmp_pa
 def test_an_empty_dataset_is_refused(minilm_path) -> None:
     from datasets import Dataset, DatasetDict
 
-    from hf_pcoh.pipeline import prepare_splits
+    from hf_pcoh.setup_data import prepare_splits
 
     # (datasets cannot save_to_disk an empty split, so the loaded-data check is exercised directly)
     empty = DatasetDict({"train": Dataset.from_dict({"text": [], "label": []}),
@@ -305,7 +305,7 @@ def test_evaluate_script_refuses_a_bad_distillation_config_in_one_line(case, tmp
 def test_string_labels_become_class_ids_shared_by_every_split(tmp_path, capsys, minilm_path) -> None:
     from datasets import Dataset, DatasetDict
 
-    from hf_pcoh.setup import encode_string_labels
+    from hf_pcoh.setup_data import encode_string_labels
 
     data = tmp_path / "data"
     train = {"text": ["a cat", "an oak", "a dog", "a rose"] * 4, "label": ["animal", "plant", "animal", "plant"] * 4}

@@ -13,8 +13,10 @@ from transformers import AutoModel
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.evaluation import embed
 from hf_pcoh.features import FeatureExtractor
-from hf_pcoh.pipeline import DISTILLATION_CONFIG_FILE, build_setup, run_distillation
-from hf_pcoh.trainer import HEADS_FILE, DistillationTrainer
+from hf_pcoh.artifacts import DISTILLATION_CONFIG_FILE, HEADS_FILE
+from hf_pcoh.pipeline import run_distillation
+from hf_pcoh.setup import build_setup
+from hf_pcoh.trainer import DistillationTrainer
 
 from tiny_models import MINILM, TINY_BERT, TINY_OPT, TINY_RESNET, TINY_VIT
 

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_pcoh.features import FeatureExtractor, Features
 from hf_pcoh.losses import LOSSES, build_loss
-from hf_pcoh.trainer import DistillationModel, DistillationTerm
+from hf_pcoh.distillation_model import DistillationModel, DistillationTerm
 
 GLOBAL_BATCH, TEACHER_DIM, TOKENS = 12, 24, 7
 # Real tokens per sequence: the first process's half is padded to 4 tokens, the second's to 7.
@@ -77,6 +77,10 @@ def worker(rank: int, world_size: int, port: int, loss_name: str, result_path: s
         model = DistributedDataParallel(make_model(loss_name, pooling), find_unused_parameters=True)
         shard = process_shard(rank, world_size, *make_batch(pooling))
         loss, gradients = loss_and_gradients(model, *shard)
+        # What the Trainer logs: the mean over processes (a loss split between processes returns each one's
+        # weighted share; the shares average to the global batch's loss).
+        dist.all_reduce(loss)
+        loss = loss / world_size
         if rank == 0:
             torch.save({"loss": loss, "gradients": gradients}, result_path)
         # Tear DDP down while its process group is alive: a reducer destroyed after the group can hang.

@@ -402,3 +402,16 @@ def test_two_processes_take_the_same_decision_when_only_one_sees_a_nan(policy, m
         assert "checkpoint-3" in saved
     # the same decision on both: identical weights (a process that stepped alone would have drifted apart)
     assert_same_weights(results[1]["weights"], results[0]["weights"])
+
+
+def test_the_stop_message_names_the_earlier_checkpoint_to_fall_back_to(tmp_path, test_losses, minilm_path) -> None:
+    """If the stop checkpoint's weights had already diverged, the message names the checkpoint before it."""
+    trainer = trainer_for(tmp_path, LossThatExplodes.name, save_strategy="steps", save_steps=2)
+    with pytest.raises(NonFiniteLossError) as stopped:
+        trainer.train()
+    message = str(stopped.value)
+    assert f"--resume_from_checkpoint {tmp_path / 'checkpoint-4'}" in message
+    assert f"resume from the earlier checkpoint {tmp_path / 'checkpoint-2'}" in message
+    from hf_pcoh.checkpoints import earlier_checkpoint_advice
+
+    assert "train again from the start" in earlier_checkpoint_advice(str(tmp_path / "checkpoint-2"))

@@ -13,7 +13,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.data import load_wordnet_glosses
 from hf_pcoh.evaluation import embed
-from hf_pcoh.pipeline import build_setup, embedding_extractors, run_distillation
+from hf_pcoh.pipeline import run_distillation
+from hf_pcoh.setup import build_setup
 from hf_pcoh.trainer import DistillationTrainer
 
 from tiny_models import MINILM, TINY_BERT
@@ -102,7 +103,7 @@ def test_a_run_without_a_teacher_is_measured_against_the_column(tmp_path, studen
     the embeddings here come from a teacher run beforehand, as SentenceTransformer.encode would give them."""
     teacher_setup = build_setup(run_config(tmp_path / "teacher", student_model_name_or_path=student_dir,
                                            dataset_name=glosses_dir, **teacher_fields()))
-    _, extractor = embedding_extractors(teacher_setup.config, teacher_setup.teacher)
+    extractor = teacher_setup.readout.teacher_embedding
     splits = DatasetDict.load_from_disk(glosses_dir)
     embeddings = {name: dict(zip(split["row"], embed(teacher_setup.teacher, teacher_setup.collator.teacher_processor,
                                                     split["text"], extractor, "text", max_length=32).values.tolist()))

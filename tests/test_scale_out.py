@@ -279,3 +279,65 @@ def test_gradient_checkpointing_reaches_the_student_same_loss_fewer_activations(
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-7)
     # the checkpointed student keeps only its blocks' inputs, not their inner activations
     assert saved_activation_bytes(checkpointed) < 0.5 * saved_activation_bytes(plain)
+
+
+def whole_weights(trainer: DistillationTrainer) -> dict[str, torch.Tensor]:
+    """The DistillationModel's whole (unsharded) state, student and heads, on every process."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    return {name: value.detach().clone() for name, value in
+            get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)).items()}
+
+
+def fsdp_resume_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
+    """Under FSDP2: (1) 4 uninterrupted steps, checkpoints at 2 and 4; (2) a fresh run resumed from checkpoint-2
+    to step 4; (3) load_best_model_at_end where the best checkpoint (by a rule that makes the first best) is not
+    the last. Whole weights of each, saved by the main process."""
+    join_process_group(rank, world_size, port)
+    enable_fsdp_on_cpu()
+    fields = dict(fsdp=True, fsdp_config={"version": 2}, max_steps=4, save_strategy="steps", save_steps=2,
+                  learning_rate=3e-3, losses=["perception_coherence", "projected_mse"])
+    try:
+        uninterrupted, _ = train(run_config(os.path.join(output_dir, "uninterrupted"), **fields))
+        whole = {"uninterrupted": whole_weights(uninterrupted)}
+        config = run_config(os.path.join(output_dir, "resumed"), **fields)
+        setup = build_setup(config)
+        resumed = DistillationTrainer(student=setup.student, teacher=setup.teacher, args=config,
+                                      train_dataset=setup.train_dataset, collator=setup.collator)
+        resumed.train(resume_from_checkpoint=os.path.join(output_dir, "uninterrupted", "checkpoint-2"))
+        whole["resumed"] = whole_weights(resumed)
+        best_fields = dict(fields, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
+                           metric_for_best_model="loss", greater_is_better=True, max_eval_samples=16)
+        config = run_config(os.path.join(output_dir, "best"), **best_fields)
+        setup = build_setup(config)
+        best = DistillationTrainer(student=setup.student, teacher=setup.teacher, args=config,
+                                   train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
+                                   collator=setup.collator)
+        best.train()
+        whole["best"] = whole_weights(best)
+        whole["best_checkpoint"] = best.state.best_model_checkpoint
+        if rank == 0:
+            torch.save(whole, os.path.join(output_dir, "whole.pt"))
+    finally:
+        leave_process_group()
+
+
+@pytest.mark.slow  # two gloo processes, three short FSDP2 runs
+def test_fsdp2_resume_equals_uninterrupted_and_load_best_loads_a_checkpoint_that_is_not_the_last(tmp_path,
+                                                                                               minilm_path) -> None:
+    from safetensors.torch import load_file
+
+    from hf_pcoh.artifacts import HEADS_FILE
+
+    run_two_processes(fsdp_resume_worker, str(tmp_path), deadline_seconds=600)
+    whole = torch.load(tmp_path / "whole.pt")
+    for name, tensor in whole["uninterrupted"].items():
+        torch.testing.assert_close(whole["resumed"][name], tensor, rtol=0, atol=0, msg=name)
+    best_dir = tmp_path / "best" / "checkpoint-2"
+    assert whole["best_checkpoint"] == str(best_dir)  # the first of two: not the last
+    saved = {f"student.{key}": value for key, value in load_file(best_dir / "model.safetensors").items()}
+    saved.update(load_file(best_dir / HEADS_FILE))
+    assert any(not torch.equal(saved[name], whole["uninterrupted"][name]) for name in saved)  # step 2 != step 4
+    for name, tensor in saved.items():
+        torch.testing.assert_close(whole["best"][name], tensor, rtol=0, atol=0, msg=name)

@@ -14,10 +14,13 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.evaluation import embed
 from hf_pcoh.features import FeatureExtractor
+from hf_pcoh.losses import LOSSES
 from hf_pcoh.recipes import read_recipe
-from hf_pcoh.sentence_embedding import read_sentence_pipeline, resolve_embedding
-from hf_pcoh.setup import build_setup, embedding_extractors
-from hf_pcoh.trainer import DistillationTrainer, teacher_extractors
+from hf_pcoh.readout import resolve_readout
+from hf_pcoh.sentence_embedding import read_sentence_pipeline
+from hf_pcoh.sentence_transformers import SENTENCE_TRANSFORMERS_LOSSES, FeatureDistillationLoss
+from hf_pcoh.setup import build_setup
+from hf_pcoh.trainer import DistillationTrainer
 
 from tiny_models import MINILM, TINY_BERT
 
@@ -81,17 +84,15 @@ def test_minilm_teacher_features_default_to_its_sentence_embedding(tmp_path, min
     np.testing.assert_allclose(ours, expected, atol=1e-5)
     # the embedding measured after training is the same one
     setup_teacher = AutoModel.from_pretrained(minilm_path)
-    _, teacher_extractor = embedding_extractors(config)
+    teacher_extractor = resolve_readout(config).teacher_embedding
     measured = embed(setup_teacher, AutoTokenizer.from_pretrained(minilm_path), TEXTS, teacher_extractor, "text").values
     np.testing.assert_allclose(measured, expected, atol=1e-5)
 
 
-def test_recipe_explicit_mean_pooling_keeps_the_raw_unnormalised_features(tmp_path, minilm_path) -> None:
-    """minilm-wordnet says pooling: mean: its teacher features are today's mean of the last layer, not normalised."""
-    recipe = read_recipe("minilm-wordnet")
-    assert recipe["pooling"] == "mean" and "normalize" not in recipe and "teacher_pooling" not in recipe
-    config = teacher_config(MINILM, str(tmp_path), pooling=recipe["pooling"])
-    assert teacher_extractors(config) == [FeatureExtractor("last", "mean", "teacher")]
+def test_explicit_mean_pooling_keeps_the_raw_unnormalised_features(tmp_path, minilm_path) -> None:
+    """pooling: mean (named, not auto): the teacher features are the raw mean of the last layer, not normalised."""
+    config = teacher_config(MINILM, str(tmp_path), pooling="mean")
+    assert resolve_readout(config).teacher_extractors == (FeatureExtractor("last", "mean", "teacher"),)
     ours = teacher_features(config, TEXTS)
     teacher, tokenizer = AutoModel.from_pretrained(minilm_path).eval(), AutoTokenizer.from_pretrained(minilm_path)
     inputs = tokenizer(TEXTS, padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -103,17 +104,39 @@ def test_recipe_explicit_mean_pooling_keeps_the_raw_unnormalised_features(tmp_pa
     assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow  # the real MiniLM teacher, one training step
+def test_the_default_recipes_student_has_the_teachers_pooling_and_normalize(tmp_path, minilm_path) -> None:
+    """minilm-wordnet takes the teacher's own pipeline: its student, loaded with SentenceTransformer, pools and
+    normalises as the teacher does (unit vectors), so it is a drop-in replacement."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    from hf_pcoh.cli import distill_main
+
+    assert read_recipe("minilm-wordnet")["pooling"] == "auto"
+    output_dir = tmp_path / "student"
+    assert distill_main(["minilm-wordnet", "--max_steps", "1", "--max_train_samples", "64", "--max_eval_samples", "32",
+                         "--teacher_cache", "none", "--evaluate_after_training", "false", "--save_strategy", "no",
+                         "--disable_tqdm", "true", "--output_dir", str(output_dir)]) == 0
+    student = SentenceTransformer(str(output_dir), device="cpu")
+    teacher = SentenceTransformer(minilm_path, device="cpu")
+    kinds = [type(module) for module in student]
+    assert Pooling in kinds and Normalize in kinds, kinds
+    assert student[1].get_config_dict()["pooling_mode"] == teacher[1].get_config_dict()["pooling_mode"] == "mean"
+    np.testing.assert_allclose(np.linalg.norm(student.encode(TEXTS), axis=1), 1.0, atol=1e-5)
+
+
 def test_explicit_settings_win_over_the_teacher_pipeline(tmp_path, minilm_path) -> None:
-    settings = resolve_embedding(teacher_config(MINILM, str(tmp_path), pooling="cls"))
+    settings = resolve_readout(teacher_config(MINILM, str(tmp_path), pooling="cls"))
     assert (settings.student_pooling, settings.teacher_pooling, settings.normalize) == ("cls", "cls", False)
-    settings = resolve_embedding(teacher_config(MINILM, str(tmp_path), teacher_pooling="max"))
+    settings = resolve_readout(teacher_config(MINILM, str(tmp_path), teacher_pooling="max"))
     assert (settings.student_pooling, settings.teacher_pooling, settings.normalize) == ("mean", "max", False)
-    settings = resolve_embedding(teacher_config(MINILM, str(tmp_path), normalize=False))
+    settings = resolve_readout(teacher_config(MINILM, str(tmp_path), normalize=False))
     assert (settings.teacher_pooling, settings.normalize, settings.follows_teacher_pipeline) == ("mean", False, True)
-    settings = resolve_embedding(teacher_config(MINILM, str(tmp_path), pooling="mean", normalize=True))
+    settings = resolve_readout(teacher_config(MINILM, str(tmp_path), pooling="mean", normalize=True))
     assert settings.normalize and not settings.follows_teacher_pipeline
     # a teacher that is not a sentence-transformers model: auto is mean, as before
-    settings = resolve_embedding(teacher_config(None, str(tmp_path), teacher_config=TINY_BERT,
+    settings = resolve_readout(teacher_config(None, str(tmp_path), teacher_config=TINY_BERT,
                                                 teacher_processor_name_or_path=MINILM))
     assert (settings.student_pooling, settings.teacher_pooling, settings.normalize) == ("mean", "mean", False)
 
@@ -139,9 +162,9 @@ def test_pooling_dense_and_normalize_of_a_sentence_transformers_teacher_are_repr
 def test_auto_pooling_refuses_a_pipeline_it_cannot_reproduce(tmp_path, minilm_path) -> None:
     teacher_dir = tiny_sentence_transformer(tmp_path, minilm_path, pooling_mode="weightedmean")
     with pytest.raises(ValueError, match="pooling=auto.*weightedmean.*set --pooling"):
-        resolve_embedding(teacher_config(teacher_dir, str(tmp_path / "run")))
+        resolve_readout(teacher_config(teacher_dir, str(tmp_path / "run")))
     # an explicit pooling distils a pooling of its raw layers instead
-    assert resolve_embedding(teacher_config(teacher_dir, str(tmp_path / "run"), pooling="mean")).teacher_pooling == "mean"
+    assert resolve_readout(teacher_config(teacher_dir, str(tmp_path / "run"), pooling="mean")).teacher_pooling == "mean"
 
 
 # ---- out: the student is a sentence-transformers model too ---------------------------------------------
@@ -180,7 +203,7 @@ def test_student_of_a_sentence_transformers_teacher_is_saved_as_one(tmp_path, mi
     student = SentenceTransformer(str(output_dir), device="cpu")
     encoded = student.encode(texts)
     reloaded = AutoModel.from_pretrained(output_dir)  # plain transformers still loads it
-    student_extractor, _ = embedding_extractors(config)
+    student_extractor = setup.readout.student_embedding
     measured = embed(reloaded, setup.collator.student_processor, texts, student_extractor, "text", max_length=48).values
     np.testing.assert_allclose(encoded, measured, atol=1e-5)
     teacher_encoded = SentenceTransformer(teacher_dir, device="cpu").encode(texts)
@@ -224,11 +247,8 @@ def tiny_student(folder, minilm_path: str):
     return SentenceTransformer(modules=[Transformer(str(folder), max_seq_length=32), Pooling(32, "mean")], device="cpu")
 
 
-@pytest.mark.parametrize("name", ["perception_coherence", "cospress", "procrustes", "gram", "cka", "projected_mse",
-                                  "rkd_distance"])
+@pytest.mark.parametrize("name", list(SENTENCE_TRANSFORMERS_LOSSES))
 def test_each_loss_follows_the_sentence_transformers_loss_contract(name, tmp_path, minilm_path) -> None:
-    from hf_pcoh.sentence_transformers import SENTENCE_TRANSFORMERS_LOSSES
-
     student = tiny_student(tmp_path, minilm_path)
     loss = SENTENCE_TRANSFORMERS_LOSSES[name](student, teacher_dim=24)
     features = student.tokenize(TEXTS * 2)
@@ -237,10 +257,32 @@ def test_each_loss_follows_the_sentence_transformers_loss_contract(name, tmp_pat
     assert value.dim() == 0 and torch.isfinite(value)
     value.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert loss.get_config_dict()["teacher_dim"] == 24 and loss.citation.lstrip().startswith("@")
+    assert loss.get_config_dict() == {"teacher_dim": 24, **loss.loss.get_config_dict()}  # every option, for the card
+    assert loss.citation == LOSSES[name].citation and loss.citation.lstrip().startswith("@")
     json.dumps(loss.get_config_dict())  # the model card serialises it
     with pytest.raises(ValueError, match="teacher_dim=16"):
         loss([student.tokenize(TEXTS * 2)], torch.randn(len(TEXTS) * 2, 16))
+
+
+def test_the_sentence_transformers_losses_are_made_from_the_registry(tmp_path, minilm_path) -> None:
+    """One class per registered feature loss, named after hf_pcoh's, importable from the module; any registered
+    loss also runs through the generic wrapper by name; logit losses are refused, naming the feature losses."""
+    import hf_pcoh.sentence_transformers as hf_pcoh_st
+
+    feature_losses = [name for name, loss_class in LOSSES.items() if loss_class.input_kind == "features"]
+    assert list(SENTENCE_TRANSFORMERS_LOSSES) == feature_losses
+    for name in feature_losses:
+        made = getattr(hf_pcoh_st, LOSSES[name].__name__)
+        assert made is SENTENCE_TRANSFORMERS_LOSSES[name] and made.__name__ == LOSSES[name].__name__
+        assert issubclass(made, FeatureDistillationLoss) and made.__module__ == "hf_pcoh.sentence_transformers"
+    assert "PerceptionCoherenceLoss" in hf_pcoh_st.__all__ and "LogitKDLoss" not in hf_pcoh_st.__all__
+    student = tiny_student(tmp_path, minilm_path)
+    generic = FeatureDistillationLoss(student, teacher_dim=24, loss_name="gram")
+    assert type(generic.loss) is LOSSES["gram"] and generic.citation == LOSSES["gram"].citation
+    with pytest.raises(ValueError, match="loss 'logit_kd' compares logits, not sentence embeddings; use one of"):
+        FeatureDistillationLoss(student, loss_name="logit_kd")
+    with pytest.raises(ValueError, match="unknown loss 'gramm'. Did you mean 'gram'"):
+        FeatureDistillationLoss(student, loss_name="gramm")
 
 
 @pytest.mark.slow  # a real teacher or a second process: seconds

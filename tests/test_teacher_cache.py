@@ -62,10 +62,9 @@ def test_cache_refuses_augmented_data(tmp_path, minilm_path) -> None:
 def live_features(setup, rows) -> list[np.ndarray]:
     """The live teacher's features of ``rows`` of the training set, as a training step computes them."""
     from hf_pcoh.frozen_teacher import run_teacher
-    from hf_pcoh.trainer import teacher_extractors
 
     inputs = setup.collator.inputs([{"text": row["text"]} for row in rows], "teacher", setup.collator.teacher_processor)
-    features, _ = run_teacher(setup.teacher, inputs, teacher_extractors(setup.config, setup.teacher))
+    features, _ = run_teacher(setup.teacher, inputs, setup.readout.teacher_extractors)
     return [feature.values.numpy() for feature in features]
 
 
@@ -89,7 +88,6 @@ def test_auto_leaves_the_teacher_live_when_caching_would_be_wrong_or_too_big(tmp
     import datasets
 
     from hf_pcoh import teacher_cache
-    from hf_pcoh.trainer import teacher_extractors
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
     tokens = build_setup(config_for(tmp_path / "tokens", teacher_cache="auto", pooling="none", losses=["projected_mse"]))
@@ -99,12 +97,12 @@ def test_auto_leaves_the_teacher_live_when_caching_would_be_wrong_or_too_big(tmp
 
     def refusal(dataset):
         return teacher_cache.auto_cache_refusal(
-            dataset, setup.teacher, setup.collator.teacher_processor, teacher_extractors(config, setup.teacher), "text",
+            dataset, setup.teacher, setup.collator.teacher_processor, list(setup.readout.teacher_extractors), "text",
             "text", config.max_length, False, teacher_cache.auto_cache_dir())
 
     assert refusal(setup.train_dataset) is None
     short = teacher_cache.auto_cache_refusal(
-        setup.train_dataset, setup.teacher, setup.collator.teacher_processor, teacher_extractors(config, setup.teacher),
+        setup.train_dataset, setup.teacher, setup.collator.teacher_processor, list(setup.readout.teacher_extractors),
         "text", "text", config.max_length, False, teacher_cache.auto_cache_dir(), examples_drawn=48)
     assert "draws 48 examples, fewer than the training set's 64 rows" in short
     short_run = build_setup(config_for(tmp_path / "short", teacher_cache="auto", max_steps=3))  # 3 x 16 < 64 rows

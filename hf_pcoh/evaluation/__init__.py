@@ -32,22 +32,22 @@ Modules, one job each:
 - ``citations`` -- the BibTeX of each metric's paper.
 - ``report`` -- :class:`EmbeddingEvaluation` / :func:`evaluate_embeddings`: everything at once.
 - ``table`` -- :func:`format_comparison_table`.
-- ``embedding`` -- embed a data set with a model, batched and timed.
+- ``hf_pcoh.embedding`` (re-exported here) -- embed a data set with a model, batched and timed.
 - ``student_report`` -- a student beside its teacher after a run, its one-line summary, and the agreement
   metrics the trainer reports at each evaluation during training.
-- ``saved_student`` -- the same for a student folder saved by a run.
+- ``saved_student`` -- the same for a student folder saved by a run, and writing its results there.
 - ``metrics`` -- the local ``evaluate`` metric modules (``evaluate.load(metric_path(name))``).
 """
 
 from .agreement import TIE_RELATIVE_TOLERANCE, TRIPLES_PER_CHUNK, dissimilarity_spearman, empirical_perception_coherence
 from ..citations import METRIC_CITATIONS as CITATIONS
-from .embedding import Embeddings, batched_forward, embed, embed_every_layer
+from ..embedding import Embeddings, batched_forward, embed, embed_every_layer
 from .metrics import METRICS, metric_path
 from .neighbour_search import NEIGHBOUR_CHUNK_ENTRIES, NEIGHBOUR_METRICS
 from .neighbours import knn_accuracy, retrieval_metrics, teacher_neighbour_recall
 from .probe import linear_probe_accuracy
 from .report import GEOMETRIES, EmbeddingEvaluation, evaluate_embeddings, without_aliases
-from .saved_student import evaluate_saved_student
+from .saved_student import evaluate_saved_student, write_saved_student_results
 from .student_report import agreement_metrics, compare_teacher_and_student, summary_line
 from .table import format_comparison_table
 from .validation import ArrayLike, LabelsLike
@@ -81,4 +81,5 @@ __all__ = [
     "summary_line",
     "teacher_neighbour_recall",
     "without_aliases",
+    "write_saved_student_results",
 ]

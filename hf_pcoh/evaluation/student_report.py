@@ -14,7 +14,7 @@ from ..features import FeatureExtractor
 from ..models import count_parameters
 from ..precomputed_teacher import precomputed_embeddings
 from .agreement import dissimilarity_spearman
-from .embedding import Embeddings, embed
+from ..embedding import Embeddings, embed
 from .neighbours import knn_accuracy, teacher_neighbour_recall
 from .report import AGREEMENT_ALIAS_GEOMETRY, NEIGHBOUR_ALIAS_GEOMETRY, evaluate_embeddings
 

@@ -5,7 +5,8 @@ Distillation" (NeurReps 2025, arXiv 2511.14981); the formulas follow the authors
 (Thegolfingocto/KD_wo_CE: ``Scripts/TrainerUtils.py::TPlotClassificationEfficiency``, the quantity
 plotted as "Knowledge Quality", and the statistics it reads from ``Scripts/Arch/Analysis/Analysis.py``).
 The paper hand-picks the distilled layers from plots of ``Q``; :mod:`hf_pcoh.layers.selection` chooses
-the top-k layers by ``Q`` automatically and pairs them in depth order with the student's layers.
+the top-k layers by ``Q`` automatically and pairs them in depth order with the student's layers. This
+module computes only; the table and the plot of ``Q`` per layer are drawn by :mod:`hf_pcoh.plots`.
 
 Notation: ``x_i`` the features of sample ``i`` flattened to ``D`` numbers, ``c`` one of ``C``
 classes, ``|cos|_ij = |<x_i, x_j>| / (||x_i|| ||x_j||)`` (0 when either vector is zero).
@@ -46,9 +47,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -437,70 +437,3 @@ def layer_qualities(
         qualities[layer] = knowledge_quality(features, labels, **kwargs)
         logger.info("layer %s: %s", layer, qualities[layer])
     return qualities
-
-
-def _check_selected(qualities: Mapping[Layer, KnowledgeQuality], selected: Sequence[Layer] | None) -> set:
-    chosen = set(selected or [])
-    unknown = [layer for layer in chosen if layer not in qualities]
-    if unknown:
-        raise ValueError(f"selected names layers {unknown} that are not in qualities ({list(qualities)})")
-    return chosen
-
-
-def format_quality_table(qualities: Mapping[Layer, KnowledgeQuality], selected: Sequence[Layer] | None = None) -> str:
-    """A markdown table, one row per layer: S, I, E, Q and the mean class intrinsic dimension; ``*`` marks ``selected``."""
-    chosen = _check_selected(qualities, selected)
-    lines = ["| layer | S | I | E | Q | intrinsic dim |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for layer, quality in qualities.items():
-        name = f"{layer} *" if layer in chosen else f"{layer}"
-        lines.append(
-            f"| {name} | {quality.separation:.4f} | {quality.information:.4f} | {quality.efficiency:.4f} "
-            f"| {quality.quality:.4f} | {quality.intrinsic_dimension:.1f} |"
-        )
-    if chosen:
-        lines.append("")
-        lines.append("`*` selected: the top layers by Q (Cooper et al. 2025).")
-    return "\n".join(lines)
-
-
-def plot_qualities(
-    qualities: Mapping[Layer, KnowledgeQuality], path: str | Path, selected: Sequence[Layer] | None = None
-) -> Path:
-    """Save a PNG of Q and its components S, I, E against depth, ``selected`` layers circled on Q."""
-    chosen = _check_selected(qualities, selected)
-    if not qualities:
-        raise ValueError("qualities is empty; nothing to plot")
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:  # pragma: no cover - matplotlib is an optional extra
-        raise ImportError("plot_qualities needs matplotlib: pip install 'hf_pcoh[plots]'") from error
-
-    layers = list(qualities)
-    depth = list(range(len(layers)))
-    figure = Figure(figsize=(max(6.0, 0.5 * len(layers) + 3.0), 4.0))
-    FigureCanvasAgg(figure)  # Agg canvas without touching pyplot's global backend
-    axes = figure.add_subplot()
-    for field, label, colour in (
-        ("separation", "separation S", "midnightblue"),
-        ("information", "information I", "tab:cyan"),
-        ("efficiency", "efficiency E", "tab:red"),
-        ("quality", "knowledge quality Q", "dimgrey"),
-    ):
-        axes.plot(depth, [getattr(qualities[layer], field) for layer in layers], label=label, color=colour,
-                  linewidth=3 if field == "quality" else 1.5, marker="o", markersize=3)  # fmt: skip
-    picked = [position for position, layer in enumerate(layers) if layer in chosen]
-    if picked:
-        axes.scatter(picked, [qualities[layers[p]].quality for p in picked], s=120, facecolors="none",
-                     edgecolors="tab:orange", linewidths=2, label="selected", zorder=3)  # fmt: skip
-    axes.set_xticks(depth, [str(layer) for layer in layers])
-    axes.set_xlabel("layer (depth order)")
-    axes.set_ylabel("value")
-    axes.set_title("Knowledge quality Q = S + sqrt(I E) per layer")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=120)
-    return path

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..evaluation import embed_every_layer
-from .quality import KnowledgeQuality, Layer, format_quality_table, layer_qualities, plot_qualities
+from ..embedding import embed_every_layer
+from ..plots import format_quality_table, plot_qualities
+from .quality import KnowledgeQuality, Layer, layer_qualities
 
 logger = logging.getLogger(__name__)
 

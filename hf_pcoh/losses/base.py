@@ -8,6 +8,12 @@ trainer optimises and saves them with the student.
 Calling it as ``loss(student, teacher, mask=None, labels=None)`` returns a scalar tensor.
 ``student`` is ``[B, d_s]`` (pooled) or ``[B, T, d_s]`` (tokens, with ``mask`` ``[B, T]``);
 ``teacher`` has the same leading shape with width ``d_t``.
+
+A new loss is one file: a :class:`DistillationLoss` subclass decorated with :func:`register_loss`, in
+``hf_pcoh/losses/`` (imported with the package) or anywhere else (imported before use, or named in
+``HF_PCOH_LOSS_MODULES``, :mod:`.external`). The registry is the one list of losses: recipes, ``--help``,
+the package exports, the citations of model cards and the sentence-transformers wrappers all read it, and
+the tests hold every registered loss to the contract its class attributes declare.
 """
 
 from __future__ import annotations
@@ -27,10 +33,39 @@ from ..errors import unknown_name_message
 LOSSES: dict[str, type["DistillationLoss"]] = {}
 
 
+# What a loss may declare in ``invariances``: transformations of its inputs that leave its value unchanged
+# (with its default options). tests/loss_contract.py checks each declared one on every registered loss.
+INVARIANCES: dict[str, str] = {
+    "student_rotation": "an orthogonal map of the student's feature space (S -> S Q)",
+    "teacher_rotation": "an orthogonal map of the teacher's feature space (T -> T Q)",
+    "student_scale": "multiplying the student's features by a positive number",
+    "teacher_scale": "multiplying the teacher's features by a positive number",
+    "student_translation": "adding one vector to every student feature",
+    "teacher_translation": "adding one vector to every teacher feature",
+    "batch_permutation": "reordering the examples of the batch (both sides alike)",
+}
+# What a loss compares: features (any layer, any widths unless ``equal_widths``) or class logits.
+INPUT_KINDS = ("features", "logits")
+
+
 def register_loss(cls: type["DistillationLoss"]) -> type["DistillationLoss"]:
-    """Class decorator: make ``cls`` available as ``LOSSES[cls.name]`` (and in recipes by that name)."""
+    """Class decorator: make ``cls`` available as ``LOSSES[cls.name]`` (and in recipes by that name).
+
+    Checks the class's declarations (:class:`DistillationLoss`): a ``name``, known ``invariances`` and
+    ``input_kind``. A name already taken by another class is refused.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
+        raise TypeError(f"register_loss takes a subclass of DistillationLoss, got {cls!r}")
     if not getattr(cls, "name", None):
         raise TypeError(f"{cls.__qualname__} needs a class attribute `name` to be registered")
+    unknown = set(cls.invariances) - set(INVARIANCES)
+    if unknown:
+        raise TypeError(
+            f"{cls.__qualname__}.invariances names {sorted(unknown)}, which are not invariances; use some of "
+            f"{sorted(INVARIANCES)}"
+        )
+    if cls.input_kind not in INPUT_KINDS:
+        raise TypeError(f"{cls.__qualname__}.input_kind={cls.input_kind!r} must be one of {INPUT_KINDS}")
     if cls.name in LOSSES and LOSSES[cls.name] is not cls:
         raise ValueError(f"a loss named {cls.name!r} is already registered ({LOSSES[cls.name].__qualname__})")
     LOSSES[cls.name] = cls
@@ -198,18 +233,47 @@ def describe_loss_options(name: str) -> str:
     return ", ".join(described) if described else "no options"
 
 
+def config_value(value: Any) -> Any:
+    """An option's value as JSON shows it: numbers, strings, booleans and None as they are, sequences as
+    lists, mappings as dicts; any other object (a ``Dissimilarity``) by its ``name``, else its ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [config_value(item) for item in value]
+    if isinstance(value, collections.abc.Mapping):
+        return {str(key): config_value(item) for key, item in value.items()}
+    return getattr(value, "name", None) or repr(value)
+
+
 class DistillationLoss(nn.Module):
     """Base class of feature-distillation losses.
 
-    Class attributes a subclass sets:
+    Class attributes a subclass sets (its declared contract; the tests check it for every registered loss):
       * ``name``: the registry and recipe name;
-      * ``citation``: a BibTeX entry of the paper the loss implements (collected into model cards);
+      * ``citation``: the BibTeX entry of the paper the loss implements (model cards and
+        :mod:`hf_pcoh.citations` read it from here);
       * ``batch_level``: True when the loss compares points of the batch with one another
         (it then must see the global batch under data parallelism, and needs ``min_batch_size`` rows);
-      * ``accepts_tokens``: True when the loss can take ``[B, T, d]`` token features with a mask.
+        False means it is a mean over examples, so equal shards of a batch average to the whole;
+      * ``accepts_tokens``: True when the loss can take ``[B, T, d]`` token features with a mask
+        (padding positions then change nothing);
+      * ``input_kind``: ``"features"`` (hidden states) or ``"logits"`` (class scores, e.g. logit KD);
+      * ``equal_widths``: True when ``student_dim`` must equal ``teacher_dim``;
+      * ``zero_at_agreement``: True when the value is 0 for identical student and teacher features
+        (equal widths, default options);
+      * ``invariances``: the transformations of the inputs that leave the value unchanged, with the
+        default options: names from ``INVARIANCES`` (rotation, scale, translation of either side,
+        permutation of the batch).
+
+    A batch-level loss that is a mean over reference rows (each row scored against the whole batch) may
+    let data-parallel processes split that work: :meth:`scores_row_shares` True, and ``forward`` then takes
+    ``rows`` (global indices into the gathered batch) and returns the mean over those rows only; the
+    trainer weighs each process's share by its rows, so the shares sum to the one-process value.
 
     Options are the constructor's keyword parameters after the widths, with type hints and defaults:
-    they are checked (:func:`check_loss_options`) and listed in ``--help`` from that signature.
+    they are checked (:func:`check_loss_options`), listed in ``--help`` and reported by
+    :meth:`get_config_dict` from that signature alone. The docstring has ``Args:``, ``Inputs:`` and
+    ``References:`` sections, as sentence-transformers' losses do.
     A loss made of several terms reports them after each call in ``parts`` (name -> detached,
     unweighted value; empty for single-term losses), and the trainer logs each one.
     """
@@ -219,12 +283,38 @@ class DistillationLoss(nn.Module):
     batch_level: ClassVar[bool] = False
     min_batch_size: ClassVar[int] = 1
     accepts_tokens: ClassVar[bool] = False
+    input_kind: ClassVar[str] = "features"
+    equal_widths: ClassVar[bool] = False
+    zero_at_agreement: ClassVar[bool] = False
+    invariances: ClassVar[frozenset[str]] = frozenset()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DistillationLoss":
+        instance = super().__new__(cls)
+        # The options as the caller gave them, defaults filled in, for get_config_dict: read from the
+        # constructor's signature (the one place a loss declares its options), so no loss repeats them.
+        # copy.deepcopy and unpickling call __new__ without arguments: the copied __dict__ brings them.
+        try:
+            bound = inspect.signature(cls.__init__).bind(instance, *args, **kwargs)
+        except TypeError:
+            return instance
+        bound.apply_defaults()
+        options = {option: bound.arguments[option] for option in loss_option_parameters(cls) if option in bound.arguments}
+        for parameter in bound.signature.parameters.values():
+            if parameter.kind is parameter.VAR_KEYWORD:  # an open-ended loss: the extra options too
+                options.update(bound.arguments.get(parameter.name, {}))
+        object.__setattr__(instance, "_configured_options", options)
+        return instance
 
     def __init__(self, student_dim: int, teacher_dim: int) -> None:
         super().__init__()
         self.student_dim = student_dim
         self.teacher_dim = teacher_dim
         self.parts: dict[str, torch.Tensor] = {}
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Every option of the loss as it was configured (defaults included), JSON-ready: what a model
+        card lists, as sentence-transformers' losses report theirs. The widths are not options."""
+        return {option: config_value(value) for option, value in getattr(self, "_configured_options", {}).items()}
 
     def forward(
         self,
@@ -234,6 +324,11 @@ class DistillationLoss(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def scores_row_shares(self) -> bool:
+        """Whether, as configured, ``forward(..., rows=...)`` scores only some reference rows of the batch
+        (the value then being their mean): processes can share the rows instead of each scoring all."""
+        return False
 
     def check_pooled_batch(self, student: torch.Tensor, teacher: torch.Tensor) -> int:
         """For losses over pooled points: ``[B, d_s]`` and ``[B, d_t]`` with ``B >= min_batch_size``; returns ``B``."""

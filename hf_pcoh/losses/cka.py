@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..citations import CKA as CKA_CITATION
-from .base import register_loss
+from .base import INVARIANCES, register_loss
 from .set_geometry import SetGeometryLoss, centre_and_normalise
 
 
@@ -40,9 +39,23 @@ def linear_cka(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 class CKALoss(SetGeometryLoss):
     """Linear CKA loss ``1 - ||S^T T||_F^2 / (||S^T S||_F ||T^T T||_F)`` on row-centred features.
 
-    Inputs: ``[B, d_s]`` / ``[B, d_t]`` (or token features ``[B, T, d]`` with ``mask``: the unmasked
-    tokens are the rows, sub-sampled to ``max_tokens``). Kornblith et al., ICML 2019, Sec. 3, CKA with
-    the linear kernel (arXiv 1905.00414). Value in ``[0, 1]``.
+    Value in ``[0, 1]``; 0 when the two sets agree up to rotation, translation and isotropic scale of
+    either side. It weighs directions by their squared variance, so it can be ~0 while the fine geometry
+    differs (see :class:`ProcrustesLoss`).
+
+    Args:
+        student_dim: width ``d_s`` of the student's features.
+        teacher_dim: width ``d_t`` of the teacher's features (may differ from ``d_s``).
+        max_tokens: the most token rows compared per batch (default 4096; pooled features are not sub-sampled).
+
+    Inputs:
+        student ``[B, d_s]`` and teacher ``[B, d_t]`` pooled features, ``B >= 3``; or token features
+        ``[B, T, d_s]`` / ``[B, T, d_t]`` with ``mask`` ``[B, T]``: the unmasked tokens are the rows,
+        sub-sampled to ``max_tokens``. Returns a scalar.
+
+    References:
+        Kornblith, Norouzi, Lee, Hinton, "Similarity of Neural Network Representations Revisited", ICML 2019
+        (arXiv 1905.00414), Sec. 3: CKA with the linear kernel.
 
     Example::
 
@@ -51,7 +64,16 @@ class CKALoss(SetGeometryLoss):
     """
 
     name = "cka"
-    citation = CKA_CITATION
+    citation = """@inproceedings{kornblith2019similarity,
+  title     = {Similarity of Neural Network Representations Revisited},
+  author    = {Kornblith, Simon and Norouzi, Mohammad and Lee, Honglak and Hinton, Geoffrey},
+  booktitle = {Proceedings of the 36th International Conference on Machine Learning},
+  pages     = {3519--3529},
+  year      = {2019},
+  note      = {arXiv:1905.00414}
+}"""
+    zero_at_agreement = True
+    invariances = frozenset(INVARIANCES)  # rotation, translation, scale of either side; the batch's order
 
     def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return 1.0 - linear_cka(student, teacher)

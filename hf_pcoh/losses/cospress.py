@@ -45,7 +45,6 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from ..citations import COSPRESS as COSPRESS_CITATION
 from .base import DistillationLoss, register_loss
 from .numerics import divide_by_largest, masked_mean
 
@@ -233,26 +232,38 @@ def similarity_map_loss(
 
 @register_loss
 class CosPressLoss(DistillationLoss):
-    """CosPress (Mannix et al., TMLR 2025, arXiv 2411.15239, Algorithm 1): learn ``h: d_t -> d_s``
-    preserving cosine similarities, and pull the student onto ``h(teacher)``.
+    """CosPress: learn ``h: d_t -> d_s`` preserving cosine similarities, and pull the student onto ``h(teacher)``.
 
     ``L = lambda_local L_local + lambda_global L_global + lambda_feature L_feature + lambda_token L_token``
     (formulas in the module docstring; the map losses are the paper's similarity-preserving KL terms,
     the feature losses its cosine regression). ``h`` = LayerNorm(d_t) + Linear(d_t -> d_s, bias) is a
     submodule (``compression``), trained by the map losses only and saved with the distillation heads.
-
-    Inputs: pooled ``[B, d_s]`` / ``[B, d_t]`` -> the global map loss and the token loss (the pooled
-    vectors play the CLS token); tokens ``[B, T, d_s]`` / ``[B, T, d_t]`` with ``mask`` ``[B, T]`` -> all
-    four terms, the CLS being token 0 (``global_token="mean"``: the masked mean of the tokens).
-
-    Options: ``temperatures`` (default 0.01..0.10), ``form`` ``"full"`` (default) or ``"rowwise"``,
-    ``feature_metric`` ``"cosine"`` (default) or ``"mse"``, ``global_token`` ``"first"`` or ``"mean"``,
-    ``lambda_local``, ``lambda_global``, ``lambda_feature``, ``lambda_token`` (1.0 each), ``map_init``
-    ``"random"`` (default, the recipe) or ``"identity"`` (``W`` = rectangular identity, ``b`` = 0),
-    ``map_layer_norm`` (default True, the recipe; False: ``h(t) = W t + b``).
-
     After each call, ``parts`` holds the unweighted terms that were computed (detached, for logging):
     ``global_map`` (``L_global``), ``token`` (``L_token``) and, for tokens, ``local_map``, ``feature``.
+
+    Args:
+        student_dim: width ``d_s`` of the student's features (the output width of ``h``).
+        teacher_dim: width ``d_t`` of the teacher's features.
+        temperatures: the softmax temperatures the map losses average over (default 0.01, 0.02, ..., 0.10).
+        form: ``"full"`` (default: KL of the symmetrised joint distributions) or ``"rowwise"``.
+        feature_metric: ``"cosine"`` (default: ``1 - cos``) or ``"mse"``, for the token and feature losses.
+        global_token: ``"first"`` (default: token 0 plays CLS) or ``"mean"`` (the masked mean of the tokens).
+        lambda_local: weight of the local (per-sequence, token) map loss (default 1.0; 0 turns it off).
+        lambda_global: weight of the global (batch) map loss (default 1.0).
+        lambda_feature: weight of the token-feature regression (default 1.0).
+        lambda_token: weight of the global-token (CLS) regression (default 1.0).
+        map_init: ``"random"`` (default, the recipe) or ``"identity"`` (``W`` = rectangular identity, ``b`` = 0).
+        map_layer_norm: whether ``h`` starts with a LayerNorm (default True, the recipe; False: ``h(t) = W t + b``).
+
+    Inputs:
+        pooled ``[B, d_s]`` / ``[B, d_t]``, ``B >= 2``: the global map loss and the token loss (the pooled
+        vectors play the CLS token); or tokens ``[B, T, d_s]`` / ``[B, T, d_t]`` with ``mask`` ``[B, T]``: all
+        four terms, the CLS being token 0 (``global_token="mean"``: the masked mean of the tokens).
+        Returns a scalar.
+
+    References:
+        Mannix, Hodgkinson, Bondell, "Preserving Angles Improves Feature Distillation", TMLR 2025
+        (arXiv 2411.15239), Algorithm 1; the recipe of the authors' released code.
 
     Example::
 
@@ -261,10 +272,19 @@ class CosPressLoss(DistillationLoss):
     """
 
     name = "cospress"
-    citation = COSPRESS_CITATION
+    citation = """@article{mannix2025cospress,
+  title   = {Preserving Angles Improves Feature Distillation},
+  author  = {Mannix, Evelyn J. and Hodgkinson, Liam and Bondell, Howard},
+  journal = {Transactions on Machine Learning Research},
+  year    = {2025},
+  note    = {arXiv:2411.15239}
+}"""
     batch_level = True
     min_batch_size = 2
     accepts_tokens = True
+    # h is learned (random at first), so neither agreement nor a rotation of the teacher gives a known value;
+    # the student is compared by cosines.
+    invariances = frozenset({"student_scale", "batch_permutation"})
 
     def __init__(
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..citations import HINTON_KD as HINTON_CITATION
 from .base import DistillationLoss, register_loss
 from .numerics import masked_mean
 
@@ -23,9 +22,21 @@ from .numerics import masked_mean
 class LogitKDLoss(DistillationLoss):
     """Hinton logit KD: ``T^2 * mean_n KL(softmax(t_n / T) || softmax(s_n / T))``.
 
-    ``student_dim`` and ``teacher_dim`` are the number of classes (they must agree). Call it as
-    ``loss(student_logits, teacher_logits)`` with ``[B, C]`` logits, or ``[B, L, C]`` per-token logits
-    with ``mask`` ``[B, L]``. Option ``temperature`` ``T`` (default 2.0). Hinton et al. 2015, Eq. (1) and Sec. 2.
+    Compares class distributions, so ``student_dim`` and ``teacher_dim`` are both the number of classes.
+    Adding a constant to every logit of a row changes nothing (softmax).
+
+    Args:
+        student_dim: the number of classes ``C`` of the student.
+        teacher_dim: the number of classes of the teacher (must equal ``student_dim``).
+        temperature: the softmax temperature ``T`` (default 2.0).
+
+    Inputs:
+        student and teacher logits ``[B, C]``, or per-token logits ``[B, L, C]`` with ``mask`` ``[B, L]``
+        (padding positions are left out of the mean). Returns a scalar.
+
+    References:
+        Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep Learning
+        Workshop (arXiv 1503.02531), Eq. 1 and Sec. 2.
 
     Example::
 
@@ -34,8 +45,17 @@ class LogitKDLoss(DistillationLoss):
     """
 
     name = "logit_kd"
-    citation = HINTON_CITATION
+    citation = """@article{hinton2015distilling,
+  title   = {Distilling the Knowledge in a Neural Network},
+  author  = {Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
+  journal = {arXiv preprint arXiv:1503.02531},
+  year    = {2015}
+}"""
     accepts_tokens = True
+    input_kind = "logits"
+    equal_widths = True
+    zero_at_agreement = True
+    invariances = frozenset({"batch_permutation"})
 
     def __init__(self, student_dim: int, teacher_dim: int, temperature: float = 2.0) -> None:
         super().__init__(student_dim, teacher_dim)

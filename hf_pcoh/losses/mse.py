@@ -16,7 +16,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..citations import FITNETS as FITNETS_CITATION
 from .base import DistillationLoss, register_loss
 from .numerics import masked_mean
 
@@ -25,13 +24,23 @@ from .numerics import masked_mean
 class ProjectedMSELoss(DistillationLoss):
     """Projected MSE (FitNets): ``mean || W s - t ||^2`` with a learned linear ``W: d_s -> d_t``.
 
-    Inputs: student ``[B, d_s]`` or tokens ``[B, T, d_s]`` (with ``mask`` ``[B, T]``), teacher of the
-    same leading shape and width ``d_t``. Romero et al., ICLR 2015 (arXiv 1412.6550).
+    The mean runs over the rows (pooled points, or the real tokens) and the teacher's width. ``W`` is a
+    submodule (``projector``), trained with the student and saved with the distillation heads.
 
-    Options:
-      projector: ``"auto"`` (default: a linear map when the widths differ, none when they agree),
-          ``"linear"`` (always learn one) or ``"none"`` (plain MSE; the widths must agree).
-      bias: whether the projector has a bias (default False, as in FitNets' 1x1 regressors).
+    Args:
+        student_dim: width ``d_s`` of the student's features.
+        teacher_dim: width ``d_t`` of the teacher's features.
+        projector: ``"auto"`` (default: a linear map when the widths differ, none when they agree),
+            ``"linear"`` (always learn one) or ``"none"`` (plain MSE; the widths must agree).
+        bias: whether the projector has a bias (default False, as in FitNets' 1x1 regressors).
+
+    Inputs:
+        student ``[B, d_s]`` and teacher ``[B, d_t]`` pooled features; or token features ``[B, T, d_s]`` /
+        ``[B, T, d_t]`` with ``mask`` ``[B, T]`` (padding positions are left out of the mean). Returns a scalar.
+
+    References:
+        Romero, Ballas, Kahou, Chassang, Gatta, Bengio, "FitNets: Hints for Thin Deep Nets", ICLR 2015
+        (arXiv 1412.6550).
 
     Example::
 
@@ -40,8 +49,16 @@ class ProjectedMSELoss(DistillationLoss):
     """
 
     name = "projected_mse"
-    citation = FITNETS_CITATION
+    citation = """@inproceedings{romero2015fitnets,
+  title     = {FitNets: Hints for Thin Deep Nets},
+  author    = {Romero, Adriana and Ballas, Nicolas and Kahou, Samira Ebrahimi and Chassang, Antoine and Gatta, Carlo and Bengio, Yoshua},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2015},
+  note      = {arXiv:1412.6550}
+}"""
     accepts_tokens = True
+    zero_at_agreement = True  # equal widths: no projector under projector="auto"
+    invariances = frozenset({"batch_permutation"})
 
     def __init__(
         self,

@@ -50,8 +50,7 @@ from typing import Literal
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..citations import PERCEPTION_COHERENCE as PERCEPTION_COHERENCE_CITATION
-from .base import DistillationLoss, register_loss
+from .base import INVARIANCES, DistillationLoss, register_loss
 from .dissimilarity import Cosine, Dissimilarity, Euclidean, SquaredEuclidean, get_dissimilarity
 from .numerics import as_float, divide_by_largest
 from .sorted_soft_rank import SortedRankDisagreement, fixed_sorted_soft_ranks, sorted_hard_ranks
@@ -100,38 +99,46 @@ def scale_dissimilarities(dissimilarities: torch.Tensor, scale: ScaleName) -> to
     return dissimilarities / spread.clamp_min(1e-12)
 
 
-
-
 @register_loss
 class PerceptionCoherenceLoss(DistillationLoss):
     """Perception coherence: match the teacher's soft ranking of in-batch dissimilarities.
 
     ``L = 1/(m (B-1)) sum_i sum_{j != i} (R^S_i(j) - R^T_i(j))^2`` with soft ranks
-    ``R_i(j) = 1/(B-2) sum_{k != i,j} sigmoid((d(i,j) - d(i,k)) / tau)`` (module docstring; Nguyen et
-    al., TMLR 2026, arXiv 2505.06595, whose abstract defines coherence as agreeing on the order of
-    dissimilarities; the soft-rank loss is our construction). Inputs: student ``[B, d_s]``,
-    teacher ``[B, d_t]``; the widths may differ (only dissimilarities are compared), so no projector.
+    ``R_i(j) = 1/(B-2) sum_{k != i,j} sigmoid((d(i,j) - d(i,k)) / tau)`` (module docstring). Only
+    dissimilarities are compared, so the widths may differ and no projector is needed. With the default
+    options (euclidean, ``scale="std"``) the loss is invariant to rotations, translations and isotropic
+    scaling of either side.
 
-    Options:
-      temperature: ``tau``, in units of the scaled dissimilarities (default 0.1).
-      dissimilarity / teacher_dissimilarity: ``"euclidean"`` (default), ``"squared_euclidean"``,
-          ``"cosine"`` or a :class:`Dissimilarity`; the teacher's defaults to the student's.
-      scale: ``"std"`` (default), ``"median"`` or ``"none"``: how each side's dissimilarities are
-          normalised before ranking.
-      hard_teacher_ranks: rank the teacher's dissimilarities exactly instead of softly.
-      num_references: use ``m`` reference points sampled without replacement per batch instead of all
-          ``B`` (``O(m B^2)`` work).
-      implementation: ``"auto"`` (default, = ``"chunked"``), ``"chunked"`` (:class:`SoftRankDisagreement`,
-          ``O(B^2)`` memory) or ``"reference"`` (the direct formula, ``O(m B^2)`` memory; for checking).
-      reference_chunk_size: references per block of the chunked implementation (default: as many as
-          keep a block under ``soft_rank.BLOCK_ELEMENTS`` comparisons).
-      locality: ``lambda`` of local perception coherence (ours): rank errors weighted by
-          ``w_ij = exp(-R^T_i(j) / lambda)``, ``L = sum w (R^S - R^T)^2 / sum w`` (module docstring);
-          default None: uniform weights, the loss above.
-      soft_rank: ``"pairwise"`` (default): the sigmoid rank above, ``O(m B^2)`` comparisons; ``"sorted"``:
-          the ramp rank ``g(x) = clamp(1/2 + x/4, 0, 1)`` in place of the sigmoid, computed exactly by
-          sorting each reference's row, ``O(m B log B)`` (``sorted_soft_rank.py``; makes ``B = 1024``
-          cost about as much as the pairwise rank at ``B = 256``). ``implementation`` then does not apply.
+    Args:
+        student_dim: width ``d_s`` of the student's features.
+        teacher_dim: width ``d_t`` of the teacher's features (may differ from ``d_s``).
+        temperature: ``tau``, in units of the scaled dissimilarities (default 0.1).
+        dissimilarity: ``"euclidean"`` (default), ``"squared_euclidean"``, ``"cosine"`` or a :class:`Dissimilarity`.
+        teacher_dissimilarity: the teacher's dissimilarity (default: the student's).
+        scale: ``"std"`` (default), ``"median"`` or ``"none"``: how each side's dissimilarities are
+            normalised before ranking.
+        hard_teacher_ranks: rank the teacher's dissimilarities exactly instead of softly.
+        num_references: use ``m`` reference points sampled without replacement per batch instead of all
+            ``B`` (``O(m B^2)`` work).
+        implementation: ``"auto"`` (default, = ``"chunked"``), ``"chunked"`` (:class:`SoftRankDisagreement`,
+            ``O(B^2)`` memory) or ``"reference"`` (the direct formula, ``O(m B^2)`` memory; for checking).
+        reference_chunk_size: references per block of the chunked implementation (default: as many as
+            keep a block under ``soft_rank.BLOCK_ELEMENTS`` comparisons).
+        locality: ``lambda`` of local perception coherence (ours): rank errors weighted by
+            ``w_ij = exp(-R^T_i(j) / lambda)``, ``L = sum w (R^S - R^T)^2 / sum w`` (module docstring);
+            default None: uniform weights, the loss above.
+        soft_rank: ``"pairwise"`` (default): the sigmoid rank above, ``O(m B^2)`` comparisons; ``"sorted"``:
+            the ramp rank ``g(x) = clamp(1/2 + x/4, 0, 1)`` in place of the sigmoid, computed exactly by
+            sorting each reference's row, ``O(m B log B)`` (``sorted_soft_rank.py``; makes ``B = 1024``
+            cost about as much as the pairwise rank at ``B = 256``). ``implementation`` then does not apply.
+
+    Inputs:
+        student ``[B, d_s]`` and teacher ``[B, d_t]`` pooled features, ``B >= 3``. Returns a scalar.
+
+    References:
+        Nguyen, Gamboa, Zhang, Chhaibi, Gratton, Giaccone, "Feature Representation Transferring to Lightweight
+        Models via Perception Coherence", TMLR 2026 (arXiv 2505.06595), whose abstract defines coherence as
+        agreeing on the order of dissimilarities; the soft-rank loss is our construction.
 
     Example::
 
@@ -140,9 +147,17 @@ class PerceptionCoherenceLoss(DistillationLoss):
     """
 
     name = "perception_coherence"
-    citation = PERCEPTION_COHERENCE_CITATION
+    citation = """@article{nguyen2026perception,
+  title   = {Feature Representation Transferring to Lightweight Models via Perception Coherence},
+  author  = {Nguyen, Hai-Vy and Gamboa, Fabrice and Zhang, Sixin and Chhaibi, Reda and Gratton, Serge and Giaccone, Thierry},
+  journal = {Transactions on Machine Learning Research},
+  year    = {2026},
+  note    = {arXiv:2505.06595}
+}"""
     batch_level = True
     min_batch_size = 3
+    zero_at_agreement = True
+    invariances = frozenset(INVARIANCES)  # rotation, translation, scale of either side; the batch's order
 
     def __init__(
         self,
@@ -200,15 +215,27 @@ class PerceptionCoherenceLoss(DistillationLoss):
             return torch.arange(batch_size, device=device)
         return torch.randperm(batch_size, device=device)[: self.num_references]
 
+    def scores_row_shares(self) -> bool:
+        """All rows are references, unweighted: the loss is a plain mean over reference rows, so processes can
+        each score their own rows (``forward(..., rows=...)``) against the gathered batch, O(B^3 / W) each.
+        Sampled references or locality weights (normalised over every row) keep the whole computation."""
+        return self.num_references is None and self.locality is None
+
     def forward(
         self,
         student: torch.Tensor,
         teacher: torch.Tensor,
         mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``rows``: score only these reference rows (global indices ``[m]``) against the whole batch; the value is
+        their mean (:meth:`scores_row_shares`). Default: every row (or ``num_references`` sampled ones)."""
         batch_size = self.check_pooled_batch(student, teacher)
-        references = self.reference_index(batch_size, student.device)
+        if rows is not None and not self.scores_row_shares():
+            raise ValueError("perception_coherence scores a share of its rows only with every row a reference and no "
+                             "locality weights (num_references and locality unset)")
+        references = self.reference_index(batch_size, student.device) if rows is None else rows.to(student.device)
         all_references = len(references) == batch_size  # then references == arange(B): rows need no gather
         # Ranks of near-equal distances are noise in bf16: everything below runs in float32 (or float64).
         with torch.autocast(device_type=student.device.type, enabled=False):

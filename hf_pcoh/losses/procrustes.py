@@ -21,9 +21,16 @@ from __future__ import annotations
 
 import torch
 
-from ..citations import PROCRUSTES_GRAM as PROCRUSTES_CITATION
-from .base import register_loss
+from .base import INVARIANCES, register_loss
 from .set_geometry import SetGeometryLoss, centre_and_normalise
+
+# Procrustes distance and the Frobenius norm of the feature Gram matrix, both from this paper.
+BHATTARAI_2025 = """@article{bhattarai2025geometry,
+  title   = {Knowledge distillation through geometry-aware representational alignment},
+  author  = {Bhattarai, Prajjwal and Amjad, Mohammad and Zhylko, Dmytro and Alhanai, Tuka},
+  journal = {arXiv preprint arXiv:2509.25253},
+  year    = {2025}
+}"""
 
 
 def procrustes_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -50,11 +57,25 @@ def gram_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 class ProcrustesLoss(SetGeometryLoss):
     """Squared Procrustes distance ``2 - 2 ||S~^T T~||_*`` between the centred, unit-norm feature sets.
 
-    ``S~``, ``T~``: the ``[N, d_s]`` / ``[N, d_t]`` rows (pooled points, or unmasked tokens sub-sampled to
-    ``max_tokens``) centred over the rows and scaled to unit Frobenius norm; ``||.||_*`` is the nuclear
-    norm, so ``min_Q ||S~ Q - T~||_F^2`` over ``Q`` with orthonormal columns needs no explicit ``Q`` and the
-    widths may differ. Value in ``[0, 2]``; 0 iff the sets agree up to rotation, translation and scale.
-    Bhattarai et al., arXiv 2509.25253 (its Procrustes distillation loss; normalisation of Ding et al. 2021).
+    ``S~``, ``T~``: the ``[N, d_s]`` / ``[N, d_t]`` rows centred over the rows and scaled to unit Frobenius
+    norm; ``||.||_*`` is the nuclear norm, so ``min_Q ||S~ Q - T~||_F^2`` over ``Q`` with orthonormal columns
+    needs no explicit ``Q`` and the widths may differ. Value in ``[0, 2]``; 0 iff the sets agree up to
+    rotation, translation and scale.
+
+    Args:
+        student_dim: width ``d_s`` of the student's features.
+        teacher_dim: width ``d_t`` of the teacher's features (may differ from ``d_s``).
+        max_tokens: the most token rows compared per batch (default 4096; pooled features are not sub-sampled).
+
+    Inputs:
+        student ``[B, d_s]`` and teacher ``[B, d_t]`` pooled features, ``B >= 3``; or token features
+        ``[B, T, d_s]`` / ``[B, T, d_t]`` with ``mask`` ``[B, T]``: the unmasked tokens are the rows,
+        sub-sampled to ``max_tokens``. Returns a scalar.
+
+    References:
+        Bhattarai, Amjad, Zhylko, Alhanai, "Knowledge distillation through geometry-aware representational
+        alignment", arXiv 2509.25253 (its Procrustes distillation loss); the normalisation of Ding, Denain,
+        Steinhardt, "Grounding representation similarity", NeurIPS 2021.
 
     Example::
 
@@ -63,7 +84,9 @@ class ProcrustesLoss(SetGeometryLoss):
     """
 
     name = "procrustes"
-    citation = PROCRUSTES_CITATION
+    citation = BHATTARAI_2025
+    zero_at_agreement = True
+    invariances = frozenset(INVARIANCES)  # rotation, translation, scale of either side; the batch's order
 
     def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return procrustes_distance(student, teacher)
@@ -75,7 +98,20 @@ class GramLoss(SetGeometryLoss):
 
     Same rows and normalisation as :class:`ProcrustesLoss`; compares all inner products between points,
     so it is invariant to orthogonal transforms of either side and the widths may differ. Value in ``[0, 2]``.
-    Bhattarai et al., arXiv 2509.25253 (its feature-Gram-matrix distillation loss).
+
+    Args:
+        student_dim: width ``d_s`` of the student's features.
+        teacher_dim: width ``d_t`` of the teacher's features (may differ from ``d_s``).
+        max_tokens: the most token rows compared per batch (default 4096; pooled features are not sub-sampled).
+
+    Inputs:
+        student ``[B, d_s]`` and teacher ``[B, d_t]`` pooled features, ``B >= 3``; or token features
+        ``[B, T, d_s]`` / ``[B, T, d_t]`` with ``mask`` ``[B, T]``: the unmasked tokens are the rows,
+        sub-sampled to ``max_tokens``. Returns a scalar.
+
+    References:
+        Bhattarai, Amjad, Zhylko, Alhanai, "Knowledge distillation through geometry-aware representational
+        alignment", arXiv 2509.25253 (its feature-Gram-matrix distillation loss).
 
     Example::
 
@@ -84,7 +120,9 @@ class GramLoss(SetGeometryLoss):
     """
 
     name = "gram"
-    citation = PROCRUSTES_CITATION
+    citation = BHATTARAI_2025
+    zero_at_agreement = True
+    invariances = frozenset(INVARIANCES)  # rotation, translation, scale of either side; the batch's order
 
     def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return gram_distance(student, teacher)

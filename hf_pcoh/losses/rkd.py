@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..citations import RKD as RKD_CITATION
-from .base import DistillationLoss, register_loss
+from .base import INVARIANCES, DistillationLoss, register_loss
 from .dissimilarity import Euclidean
 from .numerics import as_float, divide_by_largest
 
@@ -37,8 +36,18 @@ class RKDDistanceLoss(DistillationLoss):
     """RKD distance loss: Huber loss between the mean-normalised pairwise distances of student and teacher.
 
     ``L = mean_{i != j} huber(||s_i - s_j|| / mu_S, ||t_i - t_j|| / mu_T)``, ``mu`` the mean distance of
-    the batch on each side (Park et al., CVPR 2019, Eqs. 3-5). Inputs ``[B, d_s]``, ``[B, d_t]``; the
-    widths may differ. Option ``delta``: the Huber threshold (default 1.0, the paper's smooth L1).
+    the batch on each side; the widths may differ (only distances are compared).
+
+    Args:
+        student_dim: width ``d_s`` of the student's features.
+        teacher_dim: width ``d_t`` of the teacher's features (may differ from ``d_s``).
+        delta: the Huber threshold (default 1.0, the paper's smooth L1).
+
+    Inputs:
+        student ``[B, d_s]`` and teacher ``[B, d_t]`` pooled features, ``B >= 3``. Returns a scalar.
+
+    References:
+        Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019 (arXiv 1904.05068), Eqs. 3-5.
 
     Example::
 
@@ -47,9 +56,18 @@ class RKDDistanceLoss(DistillationLoss):
     """
 
     name = "rkd_distance"
-    citation = RKD_CITATION
+    citation = """@inproceedings{park2019relational,
+  title     = {Relational Knowledge Distillation},
+  author    = {Park, Wonpyo and Kim, Dongju and Lu, Yan and Cho, Minsu},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition},
+  pages     = {3967--3976},
+  year      = {2019},
+  note      = {arXiv:1904.05068}
+}"""
     batch_level = True
     min_batch_size = 3
+    zero_at_agreement = True
+    invariances = frozenset(INVARIANCES)  # rotation, translation, scale of either side; the batch's order
 
     def __init__(self, student_dim: int, teacher_dim: int, delta: float = 1.0) -> None:
         super().__init__(student_dim, teacher_dim)

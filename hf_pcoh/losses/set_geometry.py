@@ -72,7 +72,9 @@ class SetGeometryLoss(DistillationLoss):
     ``L = distance(S, T)`` on the rows of :func:`feature_rows` (pooled points, or unmasked tokens
     sub-sampled to ``max_tokens``), computed in float32 (float64 when given) outside autocast, with at
     least ``min_batch_size`` rows; a subclass implements ``distance(student_rows, teacher_rows)``
-    (``[N, d_s]``, ``[N, d_t]`` -> scalar) and sets its ``name`` and ``citation``.
+    (``[N, d_s]``, ``[N, d_t]`` -> scalar) and sets its ``name``, ``citation`` and the declarations of
+    :class:`DistillationLoss` (``invariances``, ``zero_at_agreement``): every distance of the normalised sets is
+    invariant to translations and isotropic scaling, but only the distance knows whether it is to rotations.
 
     Options:
       max_tokens: the most token rows compared per batch (default 4096; pooled features are not sub-sampled).

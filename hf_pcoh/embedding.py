@@ -1,4 +1,5 @@
-"""Embed a data set with a model, timed: the input of every evaluation."""
+"""Embed a data set with a model, batched and timed: one extractor's pooled features (the input of every
+evaluation), or every layer's (the input of the automatic layer choice, :mod:`hf_pcoh.layers`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..collator import process
-from ..features import FeatureExtractor, pool
+from .collator import process
+from .features import FeatureExtractor, pool
 
 
 @dataclass

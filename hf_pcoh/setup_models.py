@@ -1,0 +1,230 @@
+"""The run's models and processors: teacher and student built from the config (or given, loaded from folders or
+Hub ids: :func:`build_trainer_inputs`), their processors, checked against them, and the collator that feeds them.
+
+Part of :func:`hf_pcoh.setup.build_setup`; ``DistillationTrainer`` built without a setup gets its models and
+collator here too. Every check fails early with a message that names the option to change.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel
+
+from .collator import DistillationCollator, cached_feature_column, process
+from .config import DistillationConfig
+from .data.sources import column_names
+from .models import (
+    build_from_config,
+    config_from_dict,
+    init_student_from_teacher,
+    is_vision_config,
+    load_pretrained,
+    load_processor,
+    weights_dtype,
+    weights_released,
+)
+from .setup_data import choose_input_column, choose_label_column, teacher_input_column
+
+
+def needs_logits(config: DistillationConfig) -> tuple[bool, bool]:
+    """(teacher needs logits, student needs logits)."""
+    return config.logit_kd_weight > 0, config.ce_weight > 0 or config.logit_kd_weight > 0 or config.fit_head_by_probe
+
+
+def build_teacher(config: DistillationConfig, num_labels: int | None) -> PreTrainedModel:
+    """The teacher from its checkpoint (with ``teacher_model_init_kwargs``) or its config, its weights in
+    ``teacher_dtype`` (``auto``: the checkpoint's own; a teacher built from a config: float32)."""
+    teacher_logits, _ = needs_logits(config)
+    dtype = weights_dtype(config.teacher_dtype)
+    if config.teacher_model_name_or_path:
+        return load_pretrained("teacher", config.teacher_model_name_or_path, teacher_logits, config.trust_remote_code,
+                               num_labels, dtype=dtype, init_kwargs=config.teacher_model_init_kwargs)
+    return build_from_config(config_from_dict(config.teacher_config), teacher_logits, num_labels, dtype=dtype)
+
+
+def build_student(config: DistillationConfig, teacher: PreTrainedModel | None, num_labels: int | None) -> PreTrainedModel:
+    _, student_logits = needs_logits(config)
+    if config.student_model_name_or_path:
+        return load_pretrained("student", config.student_model_name_or_path, student_logits, config.trust_remote_code, num_labels)
+    if teacher is None and "model_type" not in config.student_config:
+        raise ValueError(f"student_config={config.student_config} overrides the teacher's config, but no teacher is "
+                         "loaded (teacher_embedding_column): give a full config with 'model_type', or "
+                         "student_model_name_or_path")
+    student_config = config_from_dict(config.student_config, base=teacher.config)
+    if not {"dtype", "torch_dtype"} & set(config.student_config):
+        # The student's weights train in float32 (the Trainer's --bf16 / --fp16 autocast them): it never takes the
+        # teacher's dtype (teacher_dtype, a float16 checkpoint's) with the teacher's config.
+        student_config.dtype = torch.get_default_dtype()
+    student = build_from_config(student_config, student_logits, num_labels)
+    if config.student_init_from_teacher:
+        init_student_from_teacher(student, teacher, config.student_init_layer_map)
+    return student
+
+
+def build_processors(config: DistillationConfig, teacher: PreTrainedModel | None, student: PreTrainedModel, vision: bool):
+    """(teacher processor, student processor): the same object when the student reads the teacher's inputs, or
+    when no teacher runs (its embeddings precomputed in ``teacher_embedding_column``)."""
+    if teacher is None:
+        processor = student_only_processor(config, student, vision)
+        return processor, processor
+    teacher_source = config.teacher_processor_name_or_path or config.teacher_model_name_or_path
+    if teacher_source is None:
+        raise ValueError("a teacher built from teacher_config needs --teacher_processor_name_or_path (a tokenizer or "
+                         "image processor folder / Hub id)")
+    teacher_processor = load_processor(teacher_source, vision, config.trust_remote_code, "teacher_processor_name_or_path")
+    student_source = student_processor_source(config)
+    if student_source is None or student_source == teacher_source:
+        student_processor = teacher_processor
+    else:
+        student_processor = load_processor(student_source, vision, config.trust_remote_code, "student_processor_name_or_path")
+    for processor in {id(teacher_processor): teacher_processor, id(student_processor): student_processor}.values():
+        if config.padding_side is not None and not vision:
+            processor.padding_side = config.padding_side
+    if not vision:
+        check_tokenizer_fits("student", student, student_processor, config)
+        check_tokenizer_fits("teacher", teacher, teacher_processor, config)
+    return teacher_processor, student_processor
+
+
+def student_only_processor(config: DistillationConfig, student: PreTrainedModel, vision: bool) -> Any:
+    """The student's processor in a run without a teacher: its option, or the one saved with the student."""
+    source = student_processor_source(config)
+    if source is None:
+        raise ValueError("a run without a teacher (teacher_embedding_column) needs the student's processor: set "
+                         "--student_processor_name_or_path (a tokenizer or image processor folder / Hub id), or give a "
+                         "student folder that holds one")
+    processor = load_processor(source, vision, config.trust_remote_code, "student_processor_name_or_path")
+    if not vision:
+        if config.padding_side is not None:
+            processor.padding_side = config.padding_side
+        check_tokenizer_fits("student", student, processor, config)
+    return processor
+
+
+def student_processor_source(config: DistillationConfig) -> str | None:
+    """Where the student's processor comes from: the option, else the student's folder when it holds one."""
+    source = config.student_processor_name_or_path
+    if source is None and config.student_model_name_or_path and has_processor_files(config.student_model_name_or_path):
+        source = config.student_model_name_or_path
+    return source
+
+
+def has_processor_files(path: str) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "preprocessor_config.json")
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in names)
+
+
+def check_tokenizer_fits(role: str, model: PreTrainedModel, tokenizer: Any, config: DistillationConfig) -> None:
+    """A model whose embedding table is smaller than its tokenizer's vocabulary would index out of range;
+    texts longer than its position table would too."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise ValueError(
+            f"max_length={config.max_length} is longer than the {role} can read (max_position_embeddings={positions}): "
+            f"use --max_length {positions} or less (longer texts are truncated)"
+        )
+    vocab_size = getattr(model.config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the {role}'s tokenizer has {len(tokenizer)} tokens but the {role} model's vocab_size is {vocab_size}: "
+            f"the tokenizers differ. Give the {role} its own tokenizer with --{role}_processor_name_or_path, or "
+            f"build it with vocab_size >= {len(tokenizer)}"
+        )
+
+
+def build_collator(
+    config: DistillationConfig, student_processor: Any, teacher_processor: Any, columns: list[str], vision: bool
+) -> DistillationCollator:
+    """The collator of a data set with ``columns``: the input column(s) each model reads, the labels if any."""
+    input_column = choose_input_column(config, columns, vision)
+    return DistillationCollator(
+        student_processor=student_processor,
+        teacher_processor=teacher_processor,
+        input_column=input_column,
+        modality="vision" if vision else "text",
+        label_column=choose_label_column(config, columns),
+        max_length=config.max_length,
+        teacher_input_column=None if vision else teacher_input_column(config, columns, input_column),
+        teacher_embedding_column=config.teacher_embedding_column,
+    )
+
+
+def build_trainer_inputs(
+    config: DistillationConfig,
+    student: PreTrainedModel | str | None,
+    teacher: PreTrainedModel | str | None,
+    train_dataset: Dataset,
+    processing_class: Any = None,
+    collator: DistillationCollator | None = None,
+) -> tuple[PreTrainedModel, PreTrainedModel | None, DistillationCollator]:
+    """(student, teacher, collator) for :class:`DistillationTrainer`, TRL-style: each model as an object, or a
+    local folder / Hub id to load, or (None) built from the config's model options; the collator, when not
+    given, reads the data set's text or image column with ``processing_class`` (the student's processor,
+    default: the one saved with the student, else the teacher's) and the teacher's own saved processor.
+    With ``teacher_embedding_column`` and no teacher given, none is loaded (the teacher returned is None); a teacher
+    whose weights were freed after caching its features (``teacher_cache``) is returned as None too: every step reads
+    the cached features."""
+    teacher_logits, student_logits = needs_logits(config)
+    released = teacher is not None and weights_released(teacher)
+    if released and cached_feature_column(0) not in column_names(train_dataset):
+        raise ValueError("the teacher's weights were freed after caching its features (teacher_cache), but "
+                         "train_dataset carries no cached features (teacher_features_0): pass setup.train_dataset, "
+                         "or build the setup again to train with the live teacher")
+    if teacher is None and config.teacher_embedding_column:
+        pass  # the teacher's embeddings are a column of the data set
+    elif teacher is None:
+        config.check_models_given(student=False)
+        teacher = build_teacher(config, None)
+    elif isinstance(teacher, str):
+        teacher = load_pretrained("teacher", teacher, teacher_logits, config.trust_remote_code,
+                                  dtype=weights_dtype(config.teacher_dtype), init_kwargs=config.teacher_model_init_kwargs)
+    if student is None:
+        config.check_models_given(teacher=False)
+        student = build_student(config, teacher, None)
+    elif isinstance(student, str):
+        student = load_pretrained("student", student, student_logits, config.trust_remote_code)
+    if collator is not None:
+        return student, None if released else teacher, collator
+    vision = is_vision_config((student if teacher is None else teacher).config)
+    teacher_source = None if teacher is None else config.teacher_processor_name_or_path or saved_processor_source(teacher)
+    student_source = config.student_processor_name_or_path or saved_processor_source(student)
+    teacher_processor = (load_processor(teacher_source, vision, config.trust_remote_code, "teacher_processor_name_or_path")
+                         if teacher_source else None)
+    if processing_class is None and student_source and student_source != teacher_source:
+        processing_class = load_processor(student_source, vision, config.trust_remote_code, "processing_class")
+    student_processor = processing_class or teacher_processor
+    teacher_processor = teacher_processor or student_processor
+    if student_processor is None:
+        raise ValueError("no processor for the models: pass processing_class (the student's tokenizer or image "
+                         "processor), or set student_processor_name_or_path / teacher_processor_name_or_path")
+    if not vision:
+        for processor in {id(teacher_processor): teacher_processor, id(student_processor): student_processor}.values():
+            if config.padding_side is not None:
+                processor.padding_side = config.padding_side
+        check_tokenizer_fits("student", student, student_processor, config)
+        if teacher is not None:
+            check_tokenizer_fits("teacher", teacher, teacher_processor, config)
+    collator = build_collator(config, student_processor, teacher_processor, column_names(train_dataset), vision)
+    return student, None if released else teacher, collator
+
+
+def saved_processor_source(model: PreTrainedModel) -> str | None:
+    """Where a model was loaded from, when its processor is there too: its folder, or its Hub id."""
+    path = getattr(model, "name_or_path", None)
+    return path if path and (has_processor_files(path) or not os.path.isdir(path)) else None
+
+
+def check_image_channels(role: str, model: PreTrainedModel, processor: Any, example_image: Any) -> None:
+    """The processor must produce as many channels as the model's first convolution expects."""
+    channels = process(processor, [example_image], "vision", 0)["pixel_values"].shape[1]
+    expected = getattr(model.config, "num_channels", channels)
+    if channels != expected:
+        raise ValueError(
+            f"the {role} expects {expected}-channel images but its image processor gives {channels}-channel ones: "
+            f"build the {role} with num_channels={channels} (e.g. in {role}_config) or give it an image processor "
+            f"that converts the images (--{role}_processor_name_or_path)"
+        )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer
 
+from benchmarks.provenance import cpu_name
 from hf_pcoh import LOSSES, DistillationConfig, DistillationTrainer, FeatureExtractor, Features
 from hf_pcoh.config import options_of_used_losses
 from hf_pcoh.data import load_splits
@@ -414,14 +414,6 @@ def describe_machine(device: str) -> str:
     else:
         where = f"{cpu_name()}, {os.cpu_count()} CPU cores"
     return f"{device} ({where}), torch {torch.__version__}"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def markdown_table(rows: Sequence[ThroughputRow]) -> str:

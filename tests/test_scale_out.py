@@ -96,20 +96,11 @@ def run_two_processes(function, *args, deadline_seconds: float = 300.0) -> None:
 
 
 def enable_fsdp_on_cpu() -> None:
-    """accelerate turns FSDP on only for GPU process groups; switch it on for gloo, where torch's FSDP2 runs."""
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
+    """accelerate turns FSDP on only for GPU process groups; switch it on for gloo, where torch's FSDP2 runs, for
+    the rest of this (spawned) process (benchmarks.gpu_check.fsdp_on_cpu, entered and never left)."""
+    from benchmarks.gpu_check import fsdp_on_cpu
 
-    original_init = AcceleratorState.__init__
-
-    def init(self, *args, fsdp_plugin=None, **kwargs):
-        original_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            # every later AcceleratorState() copies the distributed type from the process state
-            PartialState._shared_state["distributed_type"] = self.distributed_type = DistributedType.FSDP
-            self.fsdp_plugin = fsdp_plugin
-
-    AcceleratorState.__init__ = init
+    fsdp_on_cpu().__enter__()
 
 
 def train(config: DistillationConfig, edit_setup=None):

@@ -129,7 +129,9 @@ def test_real_minilm_teacher_run_writes_student_provenance_and_comparison(tmp_pa
     assert 0.0 <= student["teacher_neighbour_recall@10"] <= 1.0
     # a one-layer student initialised from the teacher already agrees with it far above chance (10/47)
     assert student["teacher_neighbour_recall@10"] > 0.3
-    assert teacher["knn_accuracy@10"] > 1 / 45
+    # the real teacher's 10-NN class accuracy (0.333 measured on these 48 glosses) is well above always answering
+    # the largest of the 45 classes (12.3% of the test split) or chance (1/45)
+    assert teacher["knn_accuracy@10"] > 0.25
 
 
 @pytest.mark.slow  # a real MiniLM run, then the script in a subprocess

@@ -32,10 +32,48 @@ class DistillationArgumentParser(HfArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # No prefix matching: `--output_d DIR` is refused as unknown rather than taken for --output_dir.
-        super().__init__(*args, allow_abbrev=False, **kwargs)
+        super().__init__(*args, allow_abbrev=False, add_help=False,
+                         usage="%(prog)s [RECIPE] [--field value ...]", **kwargs)
+        self.group_distillation_options_first()
+        self.add_argument("-h", "--help", action=HelpAction, nargs=0, default=argparse.SUPPRESS,
+                          help="the distillation options, then stop")
+        self.add_argument("--help-all", "--help_all", action=HelpAction, nargs=0, default=argparse.SUPPRESS,
+                          help="every option, the Trainer's (transformers.TrainingArguments) included")
+
+    def group_distillation_options_first(self) -> None:
+        """Two groups: the distillation fields (``DistillationConfig``'s own and the main training knobs a recipe
+        sets) first, then the ~200 inherited ``TrainingArguments`` fields, so ``--help`` starts with what matters.
+        argparse has no public way to move an option between groups: its group lists are edited here."""
+        distillation = self.add_argument_group("distillation options (DistillationConfig)")
+        trainer = self.add_argument_group("Trainer options (transformers.TrainingArguments)")
+        order = {name: index for index, name in enumerate(DistillationConfig.distillation_field_names())}
+        for action in list(self._optionals._group_actions):
+            (distillation if action.dest in order else trainer)._group_actions.append(action)
+            self._optionals._group_actions.remove(action)
+        distillation._group_actions.sort(key=lambda action: order[action.dest])
+        self.distillation_group, self.trainer_group = distillation, trainer
 
     def error(self, message: str) -> None:
         raise ValueError(f"{message} (run with --help for every option and its type)")
+
+
+class HelpAction(argparse.Action):
+    """``--help``: the distillation options and a pointer to ``--help-all``; ``--help-all``: every option."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string in ("--help-all", "--help_all"):
+            parser.print_help()
+        else:
+            groups = parser._action_groups
+            parser._action_groups = [group for group in groups if group is not parser.trainer_group]
+            try:
+                parser.print_help()
+            finally:
+                parser._action_groups = groups
+            hidden = len(parser.trainer_group._group_actions)
+            print(f"\n{hidden} more options of the Trainer (transformers.TrainingArguments: logging, saving, "
+                  "precision, distributed...): --help-all")
+        parser.exit()
 
 
 def recipe_for_command_line(recipe: dict[str, Any], argv: list[str]) -> dict[str, Any]:
@@ -96,9 +134,10 @@ def distill_main(argv: list[str] | None = None) -> int:
     except PublishError as error:  # the run itself finished: its folder is complete
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"student saved to {os.path.abspath(result.output_dir)}")
-    if result.evaluation is not None:
-        print(summary_line(result.evaluation))
+    if config.process_index == 0:  # one line per run, not one per process of a multi-process launch
+        print(f"student saved to {os.path.abspath(result.output_dir)}")
+        if result.evaluation is not None:
+            print(summary_line(result.evaluation))
     return 0
 
 

@@ -365,11 +365,19 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
         self._join_cpu_processes()
         super().__post_init__()
 
+    @classmethod
+    def distillation_field_names(cls) -> list[str]:
+        """The recipe's fields: those this class adds to ``TrainingArguments`` (in declaration order, as ``--help``
+        lists them), plus the main training ones a recipe sets."""
+        own = [name for name in DistillationConfig.__dataclass_fields__
+               if name not in TrainingArguments.__dataclass_fields__ or name == "remove_unused_columns"]
+        training = ["output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16",
+                    "fp16"]
+        return [name for name in own if name != "remove_unused_columns"] + training
+
     def distillation_fields(self) -> dict[str, Any]:
         """The recipe: the fields this class adds to ``TrainingArguments``, plus the main training ones."""
-        own = {name for name in DistillationConfig.__dataclass_fields__ if name not in TrainingArguments.__dataclass_fields__}
-        training = (
-            "output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16", "fp16",
-        )
-        return {name: getattr(self, name) for name in sorted(own) + list(training)}
+        names = self.distillation_field_names()
+        training = names[names.index("output_dir"):]
+        return {name: getattr(self, name) for name in sorted(names[:names.index("output_dir")]) + training}

@@ -95,6 +95,7 @@ class ConfigChecks:
         self._check_logit_objectives()
         self._check_data_and_run_options()
         self._check_batch_size()
+        self._check_loggers()
 
     def _parse_json_options(self) -> None:
         self.teacher_config = parse_json_option(self.teacher_config, "teacher_config")
@@ -281,6 +282,18 @@ class ConfigChecks:
         for name, given in refused.items():
             if given:
                 raise ValueError(f"{option} trains without loading the teacher, so {name} cannot apply: drop it")
+
+    def _check_loggers(self) -> None:
+        """``report_to`` names only loggers whose package is installed (else the Trainer fails deep in its setup)."""
+        from transformers.integrations import get_available_reporting_integrations
+
+        requested = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+        requested = [name for name in requested if name not in ("none", "all")]
+        available = set(get_available_reporting_integrations())
+        missing = [name for name in requested if name not in available]
+        if missing:
+            raise ValueError(f"report_to={missing[0]!r}: its package is not installed; pip install {missing[0]} "
+                             "(or pass --report_to none)")
 
     def _check_batch_size(self) -> None:
         """Batch-level losses compare the points of a batch: each needs its minimum batch size."""

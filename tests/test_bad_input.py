@@ -299,3 +299,26 @@ def test_an_abbreviated_option_is_refused_not_taken_for_the_long_one(tmp_path: P
     assert (finished / "kept.txt").read_text() == "a finished run"
     with pytest.raises(SystemExit):
         evaluate_main([str(finished), "--teach", "x"])
+
+
+def test_help_starts_with_the_distillation_options_and_help_all_adds_the_trainers(capsys) -> None:
+    from hf_pcoh.cli import parse_distillation_args
+
+    with pytest.raises(SystemExit):
+        parse_distillation_args(["--help"])
+    short = capsys.readouterr().out
+    first_options = [line.split()[0] for line in short.splitlines()[:60] if line.startswith("  --")]
+    assert "--teacher_model_name_or_path" in first_options and "--losses" in short
+    assert "--logging_steps" not in short and "--help-all" in short.splitlines()[-1]
+    with pytest.raises(SystemExit):
+        parse_distillation_args(["--help-all"])
+    assert "--logging_steps" in capsys.readouterr().out
+
+
+def test_a_logger_whose_package_is_missing_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "tensorboard" in get_available_reporting_integrations():
+        pytest.skip("tensorboard is installed here")
+    assert distill_main(["opt-wordnet", "--report_to", "tensorboard", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "pip install tensorboard" in one_line_error(capsys)

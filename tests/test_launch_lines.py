@@ -29,14 +29,14 @@ def readme_cpu_launch_lines() -> list[tuple[str, int]]:
     return lines
 
 
-def epoch_after_steps(command: str, output_dir: Path, extra: list[str] = ()) -> float:
+def epoch_after_steps(command: str, output_dir: Path, extra: list[str] = ()) -> tuple[float, str]:
     argv = shlex.split(command)
     argv[0:2] = [sys.executable, "-m", "accelerate.commands.launch"]
     argv += [*extra, *TINY_BUDGET, "--output_dir", str(output_dir)]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((output_dir / "trainer_state.json").read_text())
-    return float(state["epoch"])
+    return float(state["epoch"]), result.stdout
 
 
 def test_the_readme_has_a_cpu_launch_line() -> None:
@@ -48,7 +48,8 @@ def test_the_readme_has_a_cpu_launch_line() -> None:
 def test_readme_cpu_launch_line_runs_the_processes_it_promises(command, processes, tmp_path, minilm_path) -> None:
     """The epoch fraction after 2 steps is ``processes`` times that of one process: the processes share the data."""
     single = command.replace(f"--num_processes {processes}", "--num_processes 1").replace("--multi_gpu ", "")
-    alone = epoch_after_steps(single, tmp_path / "one")
-    together = epoch_after_steps(command, tmp_path / "many")
+    alone, _ = epoch_after_steps(single, tmp_path / "one")
+    together, printed = epoch_after_steps(command, tmp_path / "many")
     assert alone == pytest.approx(2 * 8 / 256)
     assert together == pytest.approx(processes * alone), (together, alone)
+    assert printed.count("student saved to") == 1  # one line per run, not one per process

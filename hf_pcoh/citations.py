@@ -41,6 +41,7 @@ CKA = loss_citation("cka")
 FITNETS = loss_citation("projected_mse")
 RKD = loss_citation("rkd_distance")
 HINTON_KD = loss_citation("logit_kd")
+GKD = loss_citation("token_kd")  # the generalised JSD of logit KD over a vocabulary (token_kd)
 
 # ---- choosing teacher layers, and the sentence-transformers peer -------------------------------------
 

@@ -15,6 +15,7 @@ from .artifacts import LAYER_QUALITY_PLOT_FILE
 from .config import DistillationConfig, options_of_used_losses
 from .evaluation import summary_line
 from .hub import PublishError
+from .distributed import end_process_group
 from .non_finite import NonFiniteLossError
 from .output_dir import holds_finished_run
 from .pipeline import run_distillation
@@ -138,6 +139,7 @@ def distill_main(argv: list[str] | None = None) -> int:
         print(f"student saved to {os.path.abspath(result.output_dir)}")
         if result.evaluation is not None:
             print(summary_line(result.evaluation))
+    end_process_group()
     return 0
 
 
@@ -145,7 +147,7 @@ def replace_builtin_recipe_run(config: DistillationConfig, argv: list[str]) -> N
     """A built-in recipe run again into its own default folder replaces its finished run there, with a warning.
 
     So the README's quick start (``python scripts/distill.py``) can be run again as written, and
-    ``evaluate.py`` / ``publish.py`` keep finding the student where the README says. A folder the user named
+    ``evaluate_student.py`` / ``publish.py`` keep finding the student where the README says. A folder the user named
     (``--output_dir``), or one holding an unfinished run (checkpoints only), is still refused.
     """
     recipe = argv[0] if argv and is_recipe_argument(argv[0]) else DEFAULT_RECIPE

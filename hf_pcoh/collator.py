@@ -26,6 +26,10 @@ def cached_feature_column(pair_index: int) -> str:
 
 CACHED_LOGITS_COLUMN = "teacher_logits"
 
+# Prompt/completion data (TRL's columns): a language-model student reads both, and learns the completion only.
+PROMPT_COLUMN, COMPLETION_COLUMN = "prompt", "completion"
+IGNORE_INDEX = -100  # a label that is no target (transformers' convention)
+
 
 def as_channels_last_uint8(image: Any) -> np.ndarray:
     """A PIL image, nested list or array -> ``[H, W, C]`` array (grey images get ``C = 1``)."""
@@ -92,6 +96,33 @@ def pad_tokens(tokenizer: Any, rows: list[dict[str, Any]], prefix: str) -> dict[
     return batch
 
 
+def prompt_completion_tokens(
+    tokenizer: Any, prompts: list[str], completions: list[str], max_length: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``(inputs, prompt_lengths)``: each prompt tokenised as a text (its special tokens), its completion appended
+    without them and closed by the end-of-sequence token when the tokenizer has one (``eos``, else ``sep``), cut to
+    ``max_length`` and padded as the tokenizer pads; ``prompt_lengths`` ``[B]`` counts each row's prompt tokens."""
+    prompt_ids = tokenizer(prompts, truncation=True, max_length=max_length)["input_ids"]
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    rows = [(prompt + completion + ([end] if end is not None else []))[:max_length]
+            for prompt, completion in zip(prompt_ids, completion_ids)]
+    padded = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
+    return dict(padded), torch.tensor([min(len(prompt), max_length) for prompt in prompt_ids])
+
+
+def next_token_labels(inputs: dict[str, torch.Tensor], prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """A language model's labels ``[B, T]``: its input ids, ``-100`` at padding and at the first ``prompt_lengths``
+    real tokens of each row (left or right padding); the objectives shift them (``hf_pcoh.losses.token_kd``)."""
+    input_ids = inputs["input_ids"]
+    attention_mask = inputs.get("attention_mask", torch.ones_like(input_ids))
+    ignored = attention_mask == 0
+    if prompt_lengths is not None:
+        real_index = attention_mask.long().cumsum(dim=1) - 1  # [B, T]: position among the row's real tokens
+        ignored = ignored | (real_index < prompt_lengths.to(input_ids.device)[:, None])
+    return input_ids.masked_fill(ignored, IGNORE_INDEX)
+
+
 def process(processor: Any, raw: list[Any], modality: str, max_length: int) -> dict[str, torch.Tensor]:
     if modality == "text":
         return dict(processor(raw, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
@@ -103,6 +134,8 @@ def process(processor: Any, raw: list[Any], modality: str, max_length: int) -> d
 class DistillationCollator:
     """``rows -> {"student_inputs": {...}, "teacher_inputs": {...}?, "labels": [B]?}``.
 
+    With ``next_token_labels`` (a language-model student, ``task: causal_lm``) ``labels`` are ``[B, T]``: the
+    student's input ids with padding, and the ``prompt_column``'s tokens when the rows have one, set to ``-100``.
     ``teacher_inputs`` is present only when the teacher has its own processor or reads its own column
     (``teacher_input_column``, e.g. the English side of a translation pair whose other side the student
     reads); otherwise the teacher reads ``student_inputs``. Rows that carry cached teacher features
@@ -118,6 +151,8 @@ class DistillationCollator:
     max_length: int = 128
     teacher_input_column: str | None = None  # the column the teacher reads, when not input_column
     teacher_embedding_column: str | None = None  # the teacher's embeddings, computed before the run
+    next_token_labels: bool = False  # a language-model student: labels are its next tokens (task causal_lm)
+    prompt_column: str | None = None  # with next_token_labels: the prompt that input_column (the completion) follows
 
     @property
     def teacher_column(self) -> str:
@@ -144,7 +179,12 @@ class DistillationCollator:
                 batch[CACHED_LOGITS_KEY] = torch.tensor(np.asarray([row[CACHED_LOGITS_COLUMN] for row in rows]), dtype=torch.float32)
         elif self.teacher_reads_own_inputs:
             batch["teacher_inputs"] = self.inputs(rows, "teacher", self.teacher_processor)
-        if self.label_column is not None:
+        if self.next_token_labels:  # the class labels, if any, are left to the evaluation
+            prompt_lengths = batch["student_inputs"].pop("prompt_lengths", None)
+            if "teacher_inputs" in batch:
+                batch["teacher_inputs"].pop("prompt_lengths", None)
+            batch["labels"] = next_token_labels(batch["student_inputs"], prompt_lengths)
+        elif self.label_column is not None:
             batch["labels"] = torch.tensor([row[self.label_column] for row in rows], dtype=torch.long)
         return batch
 
@@ -152,7 +192,11 @@ class DistillationCollator:
         """The ``role`` model's inputs: the rows' tokens padded when they were tokenised once, else the raw
         column processed now."""
         prefix = TOKENS_PREFIX[role]
+        column = self.teacher_column if role == "teacher" else self.input_column
+        if self.prompt_column is not None:  # tokenised here: the prompt's length is part of the labels
+            inputs, prompt_lengths = prompt_completion_tokens(
+                processor, [row[self.prompt_column] for row in rows], [row[column] for row in rows], self.max_length)
+            return {**inputs, "prompt_lengths": prompt_lengths}
         if self.modality == "text" and prefix + "input_ids" in rows[0]:
             return pad_tokens(processor, rows, prefix)
-        column = self.teacher_column if role == "teacher" else self.input_column
         return process(processor, [row[column] for row in rows], self.modality, self.max_length)

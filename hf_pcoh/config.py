@@ -108,12 +108,20 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
             One weight per loss (default 1.0 each).
         loss_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Options per loss as JSON, keyed by loss name; checked before any model loads (`--help` lists them).
+        task (`str`, *optional*, defaults to `"auto"`):
+            `features` (class logits, if any), `causal_lm` (decoder students as language models: next-token CE and
+            logit KD over the vocabulary), or `auto`: `causal_lm` when `ce_weight` / `logit_kd_weight` is set, no
+            `label_column` is given and the student is a causal LM (a `*ForCausalLM` object or checkpoint).
         ce_weight (`float`, *optional*, defaults to `0.0`):
-            Weight of cross-entropy on labels (needs a student classification head).
+            Weight of cross-entropy: on class labels, or with `task: causal_lm` on the next tokens.
         logit_kd_weight (`float`, *optional*, defaults to `0.0`):
-            Weight of Hinton logit KD (teacher and student must both output logits).
+            Weight of logit KD: over classes, or with `task: causal_lm` over the vocabulary at every target token.
         logit_kd_temperature (`float`, *optional*, defaults to `2.0`):
-            Softmax temperature of logit KD.
+            Softmax temperature of logit KD (the divergence is multiplied by its square).
+        logit_kd_divergence (`str`, *optional*, defaults to `"forward_kl"`):
+            Divergence of logit KD: `forward_kl` (teacher || student), `reverse_kl` or `jsd` (GKD's generalised JSD).
+        logit_kd_beta (`float`, *optional*, defaults to `0.5`):
+            With `logit_kd_divergence: jsd`: the teacher's weight in the mixture (0 = forward KL, 1 = reverse KL).
         teacher_embedding_column (`str` or `None`, *optional*, defaults to `None`):
             Column of the teacher's embeddings, computed beforehand: the run never loads a teacher.
         teacher_cache (`str` or `None`, *optional*, defaults to `None`):
@@ -297,13 +305,43 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
             "any model loads. Each loss's options (type, default): " + loss_options_help().replace("%", "%%") + "."
         },
     )
+    task: str = field(
+        default="auto",
+        metadata={"help": "What the student's logits are: 'features' (feature distillation; ce_weight / "
+                  "logit_kd_weight act on a classification head), 'causal_lm' (a decoder student trained as a "
+                  "language model, loaded with AutoModelForCausalLM: ce_weight is next-token cross-entropy and "
+                  "logit_kd_weight logit KD over the vocabulary, both averaged over the target tokens, padding and "
+                  "a 'prompt' column's tokens left out; feature losses still apply to its hidden states), or 'auto' "
+                  "(default): 'causal_lm' when ce_weight or logit_kd_weight is set, label_column is not, and the "
+                  "student is a causal LM (a *ForCausalLM model object, or a checkpoint whose config.json names such "
+                  "an architecture); otherwise 'features'. A student built from student_config has no architecture "
+                  "yet: give --task causal_lm."},
+    )
     ce_weight: float = field(
-        default=0.0, metadata={"help": "Weight of cross-entropy on labels (needs a student classification head)."}
+        default=0.0,
+        metadata={"help": "Weight of cross-entropy: on class labels (a student classification head), or with task "
+                  "causal_lm on the next token of every target position."},
     )
     logit_kd_weight: float = field(
-        default=0.0, metadata={"help": "Weight of Hinton logit KD (teacher and student must both output logits)."}
+        default=0.0,
+        metadata={"help": "Weight of logit KD (teacher and student must both output logits): Hinton's KD over classes, "
+                  "or with task causal_lm over the vocabulary at every target position (both models read the same "
+                  "tokens: one tokenizer, one vocab_size)."},
     )
-    logit_kd_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
+    logit_kd_temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature of logit KD (the divergence is multiplied by its square)."}
+    )
+    logit_kd_divergence: str = field(
+        default="forward_kl",
+        metadata={"help": "Divergence of logit KD: 'forward_kl' (KL(teacher || student), Hinton's), 'reverse_kl' "
+                  "(KL(student || teacher)) or 'jsd' (GKD's generalised Jensen-Shannon divergence, --logit_kd_beta)."},
+    )
+    logit_kd_beta: float = field(
+        default=0.5,
+        metadata={"help": "With logit_kd_divergence jsd: the teacher's weight beta in the mixture beta p_teacher + "
+                  "(1 - beta) p_student, in [0, 1]; 0 is forward KL and 1 reverse KL, as TRL's GKD trainer defines "
+                  "them."},
+    )
     teacher_embedding_column: str | None = field(
         default=None,
         metadata={"help": "Column of the teacher's embeddings, computed beforehand (e.g. with SentenceTransformer.encode), "

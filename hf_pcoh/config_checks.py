@@ -17,6 +17,7 @@ import torch
 from .errors import unknown_name_message
 from .features import NAMED_LAYERS, POOLINGS
 from .losses import LOSSES, check_loss_options
+from .losses.token_kd import DIVERGENCES
 from .weights import DEFAULT_MAX_ABS_WEIGHT
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ AUTO_LAYERS = "auto"  # teacher_layers: auto = chosen by knowledge quality (hf_p
 AUTO_POOLING = "auto"  # pooling: auto = a sentence-transformers teacher's own embedding, else mean (hf_pcoh.sentence_embedding)
 TEACHER_CACHE_OFF = ("none", "off", "false", "no", "")  # teacher_cache: any of these = no cache, the teacher runs live
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")  # teacher_dtype: auto = the checkpoint's own
+TASKS = ("auto", "features", "causal_lm")  # task: auto = causal_lm for a causal-LM student with token objectives
 # teacher_model_init_kwargs that hf_pcoh sets itself, and the option that does it
 OWN_INIT_KWARGS = {"trust_remote_code": "--trust_remote_code", "use_safetensors": "nothing: hf_pcoh loads safetensors only"}
 
@@ -94,6 +96,7 @@ class ConfigChecks:
         self.validate_loss_options()
         self._check_logit_objectives()
         self._check_data_and_run_options()
+        self._check_task()
         self._check_batch_size()
         self._check_loggers()
 
@@ -224,6 +227,39 @@ class ConfigChecks:
                 raise ValueError(f"{option}={getattr(self, option)} must be >= 0")
         if not self.logit_kd_temperature > 0:
             raise ValueError(f"logit_kd_temperature={self.logit_kd_temperature} must be > 0 (try 2.0)")
+        if self.logit_kd_divergence not in DIVERGENCES:
+            raise ValueError(f"logit_kd_divergence={self.logit_kd_divergence!r} is not a divergence: use one of "
+                             f"{', '.join(DIVERGENCES)}")
+        if not 0.0 <= self.logit_kd_beta <= 1.0:
+            raise ValueError(f"logit_kd_beta={self.logit_kd_beta} must be in [0, 1] (0 = forward KL, 1 = reverse KL; "
+                             "try 0.5)")
+
+    def _check_task(self) -> None:
+        """``task`` names a task; a language-model student reads text, has no class head to probe, and its logit KD
+        compares both models token by token, so both read the same tokens and the teacher runs live."""
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not a task: use one of {', '.join(TASKS)}")
+        if self.task != "causal_lm":
+            return
+        refused = {"image_column": self.image_column, "fit_head_by_probe": self.fit_head_by_probe}
+        if self.logit_kd_weight > 0:
+            refused.update({"teacher_text_column": self.teacher_text_column,
+                            "student_text_column": self.student_text_column,
+                            "teacher_cache": None if self.teacher_cache == "auto" else self.teacher_cache})
+        for option, given in refused.items():
+            if given:
+                reason = ("logit KD over the vocabulary compares both models token by token (the teacher's logits "
+                          "are too large to cache)" if option.startswith(("teacher_", "student_")) else
+                          "a language-model student reads text and keeps its language-model head")
+                raise ValueError(f"task=causal_lm: {option}={given!r} cannot apply, as {reason}: drop it")
+
+    def resolved_task(self, student_is_causal_lm: bool) -> str:
+        """``features`` or ``causal_lm``: ``task``, with ``auto`` resolved for a student that is (or is not) a causal
+        language model (``hf_pcoh.models.is_causal_lm``)."""
+        if self.task != "auto":
+            return self.task
+        token_objectives = self.ce_weight > 0 or self.logit_kd_weight > 0
+        return "causal_lm" if token_objectives and student_is_causal_lm and self.label_column is None else "features"
 
     def _check_data_and_run_options(self) -> None:
         if self.non_finite_loss not in ("stop", "skip"):

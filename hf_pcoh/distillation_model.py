@@ -1,7 +1,8 @@
 """The trainable part of distillation, :class:`DistillationModel` (the student and the loss modules), and the
 terms it sums (:func:`add_distillation_terms`): one loss per (layer pair, loss) (:func:`build_terms`), sized by a
 probe of both models' features (:class:`FeatureProbe`), plus the optional cross-entropy and logit KD
-(:func:`build_logit_kd`).
+(:func:`build_logit_kd`): over class logits, or, for a language-model student (``task: causal_lm``), next-token
+cross-entropy and logit KD over the vocabulary at every target token (:mod:`hf_pcoh.losses.token_kd`).
 
 ``DistillationTrainer`` hands this module to ``transformers.Trainer``, so accelerate wraps, shards, optimises and
 checkpoints the student and the losses' learned heads together.
@@ -22,8 +23,10 @@ from transformers import PreTrainedModel
 from .config import DistillationConfig
 from .distributed import world_size
 from .features import FeatureExtractor, Features
-from .global_batch import GatheredBatch, gather_global_batch, gather_labels, loss_on_global_batch
+from .global_batch import GatheredBatch, gather_global_batch, gather_labels, loss_on_global_batch, token_mean
 from .losses import DistillationLoss, build_loss
+from .losses.token_kd import IGNORE_INDEX, next_token_cross_entropy_sum, next_token_targets
+from .models import is_causal_lm
 from .readout import FeatureReadout
 
 logger = logging.getLogger(__name__)
@@ -73,9 +76,21 @@ def build_terms(
 
 
 def build_logit_kd(
-    args: DistillationConfig, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
+    args: DistillationConfig, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, causal_lm: bool = False
 ) -> DistillationLoss:
-    """Hinton's logit KD between teacher and student logits over the same classes."""
+    """Logit KD between teacher and student logits over the same classes (Hinton's, ``logit_kd``) or, for a language
+    model or another ``logit_kd_divergence``, over the same vocabulary (``token_kd``: a one-line error names both
+    sizes when they differ)."""
+    if causal_lm or args.logit_kd_divergence != "forward_kl":
+        if teacher_logits is None:
+            raise ValueError("logit_kd_weight > 0 needs the teacher's logits: give a teacher with a language-model "
+                             "head (AutoModelForCausalLM) or a classification head")
+        return build_loss("token_kd", student_dim=student_logits.shape[-1], teacher_dim=teacher_logits.shape[-1],
+                          divergence=args.logit_kd_divergence, beta=args.logit_kd_beta,
+                          temperature=args.logit_kd_temperature)
+    if student_logits.dim() == 3:  # a language model's per-token logits read as classes would average over padding
+        raise ValueError(f"the student's logits are per token {tuple(student_logits.shape)} (a language model), but "
+                         "task=features compares class logits: use --task causal_lm (or auto)")
     if teacher_logits is None or teacher_logits.shape[-1] != student_logits.shape[-1]:
         raise ValueError(
             "logit_kd_weight > 0 needs teacher and student logits over the same classes; got "
@@ -91,11 +106,17 @@ def add_distillation_terms(
     """Add every term to ``model``: one loss per (layer pair, loss) sized by ``probe``'s feature widths, and
     the optional cross-entropy and logit KD, checked against the student's and the teacher's outputs."""
     losses, terms = build_terms(args, readout, probe.student_features, probe.teacher_features)
+    causal_lm = args.resolved_task(is_causal_lm(model.student)) == "causal_lm"
+    if causal_lm and not is_causal_lm(model.student):
+        raise ValueError(f"task=causal_lm needs a student with a language-model head (AutoModelForCausalLM), got "
+                         f"{type(model.student).__name__}")
     if (args.ce_weight > 0 or args.logit_kd_weight > 0) and probe.student_logits is None:
         raise ValueError("ce_weight / logit_kd_weight need a student with a classification head (logits)")
     if args.ce_weight > 0 and not probe.has_labels:
         raise ValueError("ce_weight > 0 needs labels: set label_column to a column of class labels")
-    logit_kd = build_logit_kd(args, probe.student_logits, probe.teacher_logits) if args.logit_kd_weight > 0 else None
+    logit_kd = (build_logit_kd(args, probe.student_logits, probe.teacher_logits, causal_lm)
+                if args.logit_kd_weight > 0 else None)
+    model.causal_lm = causal_lm
     student_device = next(model.student.parameters()).device  # where the Trainer placed it (CPU until sharded)
     model.add_terms({key: loss.to(student_device) for key, loss in losses.items()}, terms, logit_kd)
 
@@ -146,11 +167,17 @@ def layer_label(layer: int | str) -> str:
     return str(layer)
 
 
+# How the language-model terms are logged (loss/<name>).
+NEXT_TOKEN_CE, TOKEN_KD = "next_token_cross_entropy", "token_kd"
+
+
 class DistillationModel(nn.Module):
     """The trainable part of distillation: the student and the losses (with their learned heads).
 
     ``forward(student_inputs, teacher_features, labels=None, teacher_logits=None)`` runs the student,
-    extracts its features for every layer pair and returns the weighted total and each term.
+    extracts its features for every layer pair and returns the weighted total and each term. With ``causal_lm``
+    (a language-model student, ``task: causal_lm``) ``labels`` are ``[B, T]`` token labels (``-100``: no target) and
+    the cross-entropy and logit KD are next-token CE and KD over the vocabulary, means over the target tokens.
     """
 
     def __init__(
@@ -170,6 +197,7 @@ class DistillationModel(nn.Module):
         self.terms: list[DistillationTerm] = []
         self.ce_weight = ce_weight
         self.logit_kd_weight = logit_kd_weight
+        self.causal_lm = False  # set with the terms (add_distillation_terms), from the task and the student
         self.add_terms(losses, terms, logit_kd)
 
     def add_terms(
@@ -234,7 +262,9 @@ class DistillationModel(nn.Module):
         self.activation_checkpointing_disable()
 
     def student_features(self, student_inputs: dict[str, torch.Tensor]) -> tuple[list[Features], Any]:
-        outputs = self.student(**student_inputs, output_hidden_states=True)
+        # A training forward keeps no key/value cache (a language model's, otherwise returned with its outputs).
+        no_cache = {"use_cache": False} if self.causal_lm else {}
+        outputs = self.student(**student_inputs, output_hidden_states=True, **no_cache)
         mask = student_inputs.get("attention_mask")
         return [extractor(outputs, mask) for extractor in self.student_extractors], outputs
 
@@ -250,6 +280,7 @@ class DistillationModel(nn.Module):
         values: dict[str, torch.Tensor] = {}
         gathered: dict[int, GatheredBatch] = {}
         gathered_labels: dict[str, torch.Tensor | None] = {}
+        class_labels = None if self.causal_lm else labels  # a language model's labels are its tokens
         for term in self.terms:
             loss = self.heads[term.key]
             student, teacher = student_features[term.pair_index], teacher_features[term.pair_index]
@@ -259,15 +290,23 @@ class DistillationModel(nn.Module):
                 if term.pair_index not in gathered:
                     gathered[term.pair_index] = gather_global_batch(student.values, teacher.values, student.mask)
                 if "labels" not in gathered_labels:
-                    gathered_labels["labels"] = gather_labels(labels)
+                    gathered_labels["labels"] = gather_labels(class_labels)
                 value = loss_on_global_batch(loss, gathered[term.pair_index], gathered_labels["labels"])
             else:
-                value = loss(student.values, teacher.values, mask=student.mask, labels=labels)
+                value = loss(student.values, teacher.values, mask=student.mask, labels=class_labels)
             values[term.label] = value
             # A loss of several terms (CosPress) reports each, unweighted and detached, in `parts`.
             values.update({f"{term.label}/{part}": part_value for part, part_value in loss.parts.items()})
             total = total + term.weight * value
         logits = getattr(outputs, "logits", None)
+        if self.causal_lm:
+            mask = student_inputs.get("attention_mask")
+            language_model = self.language_model_terms(logits, labels, teacher_logits, mask)
+            values.update(language_model)
+            for name, weight in ((NEXT_TOKEN_CE, self.ce_weight), (TOKEN_KD, self.logit_kd_weight)):
+                if name in language_model:
+                    total = total + weight * language_model[name]
+            return DistillationOutput(loss=total, terms=values)
         if self.ce_weight > 0:
             values["cross_entropy"] = F.cross_entropy(logits.float(), labels)
             total = total + self.ce_weight * values["cross_entropy"]
@@ -275,3 +314,21 @@ class DistillationModel(nn.Module):
             values["logit_kd"] = self.logit_kd(logits, teacher_logits)
             total = total + self.logit_kd_weight * values["logit_kd"]
         return DistillationOutput(loss=total, terms=values)
+
+    def language_model_terms(
+        self, logits: torch.Tensor, labels: torch.Tensor | None, teacher_logits: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """Next-token cross-entropy and logit KD over the vocabulary (``[B, T, V]`` logits), each a mean over the
+        target tokens of the global batch (:func:`~hf_pcoh.global_batch.token_mean`), computed chunk by chunk."""
+        if labels is None or labels.shape != logits.shape[:2]:
+            raise ValueError(f"task=causal_lm needs token labels [B, T] = {tuple(logits.shape[:2])} from the collator, "
+                             f"got {None if labels is None else tuple(labels.shape)}: build it with next_token_labels="
+                             "True (hf_pcoh.setup_models.build_collator(..., causal_lm=True))")
+        terms: dict[str, torch.Tensor] = {}
+        if self.ce_weight > 0:
+            terms[NEXT_TOKEN_CE] = token_mean(*next_token_cross_entropy_sum(logits, labels, attention_mask))
+        if self.logit_kd_weight > 0:
+            valid = next_token_targets(labels, attention_mask) != IGNORE_INDEX  # [B, T]: positions with a target
+            terms[TOKEN_KD] = token_mean(*self.logit_kd.sum_and_count(logits, teacher_logits, valid))
+        return terms

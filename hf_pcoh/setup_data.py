@@ -148,7 +148,8 @@ def choose_input_column(config: DistillationConfig, columns: list[str], vision: 
         if given not in columns:
             raise ValueError(f"{option}={given!r} is not a column of {config.dataset_name} (columns: {columns})")
         return given
-    for candidate in (("image", "img", "pixel_values") if vision else ("text", "sentence", "content")):
+    # (a prompt/completion set: the completion, which a language-model student reads after its prompt)
+    for candidate in (("image", "img", "pixel_values") if vision else ("text", "sentence", "content", "completion")):
         if candidate in columns:
             return candidate
     raise ValueError(f"{config.dataset_name} has no obvious {'image' if vision else 'text'} column (columns: {columns}); "
@@ -216,6 +217,8 @@ def check_length_sampling(config: DistillationConfig, vision: bool) -> None:
 def tokenized_training_set(config: DistillationConfig, collator: DistillationCollator, train_dataset: Dataset) -> Dataset:
     """The training texts tokenised once (the collator then only pads each batch to its longest text), with
     their token counts when the Trainer's sampler groups by length."""
+    if collator.prompt_column is not None:  # prompt + completion: tokenised per batch, with the prompt's length
+        return train_dataset
     by_length = getattr(config, "train_sampling_strategy", "random") in LENGTH_SAMPLING
     return tokenize_once(train_dataset, collator.student_processor, collator.teacher_processor,
                          collator.input_column, config.max_length, config.length_column_name if by_length else None,

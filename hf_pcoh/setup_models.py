@@ -12,18 +12,20 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
-from .collator import DistillationCollator, cached_feature_column, process
+from .collator import COMPLETION_COLUMN, PROMPT_COLUMN, DistillationCollator, cached_feature_column, process
 from .config import DistillationConfig
 from .data.sources import column_names
 from .models import (
     build_from_config,
     config_from_dict,
     init_student_from_teacher,
+    is_causal_lm,
     is_vision_config,
     load_pretrained,
     load_processor,
+    resolve_checkpoint,
     weights_dtype,
     weights_released,
 )
@@ -35,21 +37,51 @@ def needs_logits(config: DistillationConfig) -> tuple[bool, bool]:
     return config.logit_kd_weight > 0, config.ce_weight > 0 or config.logit_kd_weight > 0 or config.fit_head_by_probe
 
 
-def build_teacher(config: DistillationConfig, num_labels: int | None) -> PreTrainedModel:
+def planned_task(config: DistillationConfig, student_source: str | None = None) -> str:
+    """``features`` or ``causal_lm``, before the student exists (to choose the Auto class that loads it): ``task``,
+    with ``auto`` read from the student checkpoint's ``config.json`` (``student_source``, default
+    ``student_model_name_or_path``); a student built from ``student_config`` names no architecture."""
+    source = student_source or config.student_model_name_or_path
+    if config.task != "auto" or not source or not (config.ce_weight > 0 or config.logit_kd_weight > 0):
+        return config.resolved_task(False)
+    try:
+        student_config = AutoConfig.from_pretrained(resolve_checkpoint(source),
+                                                    trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError):  # load_pretrained says what is wrong with it
+        return config.resolved_task(False)
+    return config.resolved_task(is_causal_lm(student_config))
+
+
+def teacher_is_causal_lm(config: DistillationConfig) -> bool:
+    """A language-model teacher (``AutoModelForCausalLM``) is loaded only for logit KD over the vocabulary."""
+    return config.logit_kd_weight > 0 and planned_task(config) == "causal_lm"
+
+
+def build_teacher(config: DistillationConfig, num_labels: int | None, causal_lm: bool | None = None) -> PreTrainedModel:
     """The teacher from its checkpoint (with ``teacher_model_init_kwargs``) or its config, its weights in
-    ``teacher_dtype`` (``auto``: the checkpoint's own; a teacher built from a config: float32)."""
+    ``teacher_dtype`` (``auto``: the checkpoint's own; a teacher built from a config: float32); with its
+    language-model head when ``causal_lm`` (default: :func:`teacher_is_causal_lm`)."""
     teacher_logits, _ = needs_logits(config)
     dtype = weights_dtype(config.teacher_dtype)
+    causal_lm = teacher_is_causal_lm(config) if causal_lm is None else causal_lm
     if config.teacher_model_name_or_path:
         return load_pretrained("teacher", config.teacher_model_name_or_path, teacher_logits, config.trust_remote_code,
-                               num_labels, dtype=dtype, init_kwargs=config.teacher_model_init_kwargs)
-    return build_from_config(config_from_dict(config.teacher_config), teacher_logits, num_labels, dtype=dtype)
+                               num_labels, dtype=dtype, init_kwargs=config.teacher_model_init_kwargs,
+                               causal_lm=causal_lm)
+    return build_from_config(config_from_dict(config.teacher_config), teacher_logits, num_labels, dtype=dtype,
+                             causal_lm=causal_lm)
 
 
-def build_student(config: DistillationConfig, teacher: PreTrainedModel | None, num_labels: int | None) -> PreTrainedModel:
+def build_student(
+    config: DistillationConfig, teacher: PreTrainedModel | None, num_labels: int | None, causal_lm: bool | None = None
+) -> PreTrainedModel:
+    """The student from its checkpoint or its config (overriding the teacher's), with a language-model head when
+    ``causal_lm`` (default: :func:`planned_task`), else with a classification head when an objective needs logits."""
     _, student_logits = needs_logits(config)
+    causal_lm = planned_task(config) == "causal_lm" if causal_lm is None else causal_lm
     if config.student_model_name_or_path:
-        return load_pretrained("student", config.student_model_name_or_path, student_logits, config.trust_remote_code, num_labels)
+        return load_pretrained("student", config.student_model_name_or_path, student_logits, config.trust_remote_code,
+                               num_labels, causal_lm=causal_lm)
     if teacher is None and "model_type" not in config.student_config:
         raise ValueError(f"student_config={config.student_config} overrides the teacher's config, but no teacher is "
                          "loaded (teacher_embedding_column): give a full config with 'model_type', or "
@@ -59,7 +91,7 @@ def build_student(config: DistillationConfig, teacher: PreTrainedModel | None, n
         # The student's weights train in float32 (the Trainer's --bf16 / --fp16 autocast them): it never takes the
         # teacher's dtype (teacher_dtype, a float16 checkpoint's) with the teacher's config.
         student_config.dtype = torch.get_default_dtype()
-    student = build_from_config(student_config, student_logits, num_labels)
+    student = build_from_config(student_config, student_logits, num_labels, causal_lm=causal_lm)
     if config.student_init_from_teacher:
         init_student_from_teacher(student, teacher, config.student_init_layer_map)
     return student
@@ -137,10 +169,13 @@ def check_tokenizer_fits(role: str, model: PreTrainedModel, tokenizer: Any, conf
 
 
 def build_collator(
-    config: DistillationConfig, student_processor: Any, teacher_processor: Any, columns: list[str], vision: bool
+    config: DistillationConfig, student_processor: Any, teacher_processor: Any, columns: list[str], vision: bool,
+    causal_lm: bool = False,
 ) -> DistillationCollator:
-    """The collator of a data set with ``columns``: the input column(s) each model reads, the labels if any."""
+    """The collator of a data set with ``columns``: the input column(s) each model reads, the labels if any; for a
+    language-model student (``causal_lm``) the labels are its next tokens, a ``prompt`` column's left out."""
     input_column = choose_input_column(config, columns, vision)
+    prompt = causal_lm and input_column == COMPLETION_COLUMN and PROMPT_COLUMN in columns
     return DistillationCollator(
         student_processor=student_processor,
         teacher_processor=teacher_processor,
@@ -150,6 +185,8 @@ def build_collator(
         max_length=config.max_length,
         teacher_input_column=None if vision else teacher_input_column(config, columns, input_column),
         teacher_embedding_column=config.teacher_embedding_column,
+        next_token_labels=causal_lm,
+        prompt_column=PROMPT_COLUMN if prompt else None,
     )
 
 
@@ -174,19 +211,25 @@ def build_trainer_inputs(
         raise ValueError("the teacher's weights were freed after caching its features (teacher_cache), but "
                          "train_dataset carries no cached features (teacher_features_0): pass setup.train_dataset, "
                          "or build the setup again to train with the live teacher")
+    # The task decides which Auto classes load the models: the student's own when it is given as an object.
+    task = (config.resolved_task(is_causal_lm(student)) if isinstance(student, PreTrainedModel) else
+            planned_task(config, student if isinstance(student, str) else None))
+    lm_teacher = task == "causal_lm" and config.logit_kd_weight > 0
     if teacher is None and config.teacher_embedding_column:
         pass  # the teacher's embeddings are a column of the data set
     elif teacher is None:
         config.check_models_given(student=False)
-        teacher = build_teacher(config, None)
+        teacher = build_teacher(config, None, causal_lm=lm_teacher)
     elif isinstance(teacher, str):
         teacher = load_pretrained("teacher", teacher, teacher_logits, config.trust_remote_code,
-                                  dtype=weights_dtype(config.teacher_dtype), init_kwargs=config.teacher_model_init_kwargs)
+                                  dtype=weights_dtype(config.teacher_dtype),
+                                  init_kwargs=config.teacher_model_init_kwargs, causal_lm=lm_teacher)
     if student is None:
         config.check_models_given(teacher=False)
-        student = build_student(config, teacher, None)
+        student = build_student(config, teacher, None, causal_lm=task == "causal_lm")
     elif isinstance(student, str):
-        student = load_pretrained("student", student, student_logits, config.trust_remote_code)
+        student = load_pretrained("student", student, student_logits, config.trust_remote_code,
+                                  causal_lm=task == "causal_lm")
     if collator is not None:
         return student, None if released else teacher, collator
     vision = is_vision_config((student if teacher is None else teacher).config)
@@ -208,7 +251,8 @@ def build_trainer_inputs(
         check_tokenizer_fits("student", student, student_processor, config)
         if teacher is not None:
             check_tokenizer_fits("teacher", teacher, teacher_processor, config)
-    collator = build_collator(config, student_processor, teacher_processor, column_names(train_dataset), vision)
+    collator = build_collator(config, student_processor, teacher_processor, column_names(train_dataset), vision,
+                              causal_lm=config.resolved_task(is_causal_lm(student)) == "causal_lm")
     return student, None if released else teacher, collator
 
 

@@ -22,7 +22,8 @@ from .data import first_rows, is_streamed
 from .features import FeatureExtractor
 from .layers import LayerChoice, choose_teacher_layers
 from .models import release_weights
-from .teacher_cache import add_cached_teacher_features, cache_workers, resolve_cache_dir
+from .teacher_cache import add_cached_teacher_features, cache_workers
+from .teacher_cache_auto import resolve_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ def with_cached_teacher_features(
     not cached, so with ``evaluate_after_training`` (the default) or an ``eval_strategy`` the teacher is kept
     (``--evaluate_after_training false`` and ``hf-pcoh evaluate`` afterwards frees it for training).
     """
+    if collator.next_token_labels and config.logit_kd_weight > 0:
+        logger.info("teacher_cache auto: logit KD over the vocabulary reads the teacher's [T, V] logits of every row, "
+                    "too large to cache: the teacher runs live")
+        return train_dataset
     extractors = list(teacher_extractors)
     with_logits = config.logit_kd_weight > 0
     autocast_dtype = mixed_precision(config)

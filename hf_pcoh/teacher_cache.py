@@ -21,14 +21,7 @@ pass, so a long pass no longer runs into ``ddp_timeout``. The processes that sha
 each node's with ``save_on_each_node`` (nodes without shared storage). A process whose teacher is not whole (left
 on the meta device by FSDP's ``cpu_ram_efficient_loading``, partitioned by ZeRO-3) computes no share.
 
-``--teacher_cache auto`` (:func:`resolve_cache_dir`, decided by the main process, logged in one line) caches,
-under ``HF_DATASETS_CACHE``, only when that is sure to be right, to fit and to pay: a map-style training set
-without an on-the-fly transform, pooled features, features that take at most half the free memory and half the
-free disk, a run that passes over the training set at least once (a ``max_steps`` run shorter than an epoch
-costs less with the teacher live on the rows it draws; from one pass on, the length-sorted cached pass costs less
-than the live teacher's epochs, measured in docs/benchmarks.md), and, with several processes, a pass whose share
-per process is estimated (:class:`PassEstimate`: about 2 x parameters x tokens FLOPs, at the rate timed on a
-batch) to take less than half of ``ddp_timeout``; otherwise the teacher runs live, as without the option.
+``--teacher_cache auto`` decides whether a run caches: :mod:`hf_pcoh.teacher_cache_auto`.
 """
 
 from __future__ import annotations
@@ -55,7 +48,6 @@ from .collator import CACHED_LOGITS_COLUMN, cached_feature_column, process
 from .distributed import world_size
 from .features import FeatureExtractor
 from .frozen_teacher import run_teacher
-from .models import count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +154,6 @@ def every_process(value: Value) -> list[Value]:
     return gathered
 
 
-def raise_any(errors: list[str | None], what: str) -> None:
-    """Fail on every process alike when ``what`` failed on one of them."""
-    failed = [(rank, error) for rank, error in enumerate(errors) if error is not None]
-    if failed:
-        rank, error = failed[0]
-        raise RuntimeError(f"teacher_cache: {what} failed on process {rank}: {error}")
-
-
 # ---- computing and storing the features ------------------------------------------------------------------
 
 
@@ -270,51 +254,52 @@ def add_cached_teacher_features(
         raise ValueError("teacher_cache: no process holds the teacher's whole weights (FSDP's cpu_ram_efficient_loading "
                          "or ZeRO-3 left them partitioned), so none can run it over the training rows: drop "
                          "--teacher_cache, or load the teacher whole on at least one process")
-    compute_share(dataset, target, workers, teacher, processor, extractors, input_column, modality, max_length,
-                  with_logits, device, batch_size, autocast_dtype, fingerprint)
-    merge_error = None
-    if not workers.alone and workers.rank == workers.merger:
-        try:
-            merge_shards(target, len(workers.computing))
-        except Exception as error:  # reported on every process, none left waiting
-            merge_error = f"{type(error).__name__}: {error}"
-    raise_any(every_process(merge_error), "merging the shares of the teacher's features")
+    share = workers.share(len(dataset))
+    if workers.alone and world_size() > 1 and workers.rank == workers.merger:
+        logger.warning("teacher_cache: only process %d holds the teacher's whole weights, so it computes every row "
+                       "while the others wait (under ddp_timeout)", workers.rank)
+
+    def compute_share() -> None:  # this process's rows; the whole cache when it computes alone
+        if not len(share):
+            return
+        rows = dataset if len(share) == len(dataset) else dataset.select(share)
+        features = teacher_feature_rows(rows, teacher, processor, extractors, input_column, modality, max_length,
+                                        with_logits, device, batch_size, autocast_dtype,
+                                        f"{fingerprint}-{share.start}-{share.stop}")
+        index, count = workers.computing.index(workers.rank), len(workers.computing)
+        save_atomically(features, target if workers.alone else shard_folder(target, index, count))
+
+    began = time.perf_counter()
+    computed = run_then_wait(compute_share, "computing a share of the teacher's features")  # the pass's only wait
+    logger.info("teacher features: process %d ran the teacher over %d rows (%d to %d of %d) in %.1f s, then waited "
+                "%.1f s for the other shares, into %s", workers.rank, len(share), share.start, share.stop - 1,
+                len(dataset), computed, time.perf_counter() - began - computed, target)
+    merges = not workers.alone and workers.rank == workers.merger
+    run_then_wait(lambda: merge_shards(target, len(workers.computing)) if merges else None, "merging the shares")
     cached, problem = read_cache(target, len(dataset), columns)
     if cached is None:
         raise RuntimeError(f"teacher_cache: the cache {target} just written cannot be read ({problem})")
     return cached
 
 
-def compute_share(
-    dataset: Dataset, target: str, workers: CacheWorkers, teacher: torch.nn.Module, processor: Any,
-    extractors: list[FeatureExtractor], input_column: str, modality: str, max_length: int, with_logits: bool,
-    device: torch.device | str, batch_size: int, autocast_dtype: torch.dtype | None, fingerprint: str,
-) -> None:
-    """This process's share of the rows computed and written (the whole cache when it computes alone), then a wait
-    for the other shares: the only wait of the pass."""
-    share = workers.share(len(dataset))
-    if workers.alone and world_size() > 1 and workers.rank == workers.merger:
-        logger.warning("teacher_cache: only process %d holds the teacher's whole weights, so it computes every row "
-                       "while the others wait (under ddp_timeout)", workers.rank)
-    began, error = time.perf_counter(), None
-    if len(share):
-        try:
-            rows = dataset if len(share) == len(dataset) else dataset.select(share)
-            features = teacher_feature_rows(rows, teacher, processor, extractors, input_column, modality, max_length,
-                                            with_logits, device, batch_size, autocast_dtype,
-                                            f"{fingerprint}-{share.start}-{share.stop}")
-            index = workers.computing.index(workers.rank)
-            save_atomically(features, target if workers.alone else shard_folder(target, index, len(workers.computing)))
-        except Exception as error_raised:  # reported on every process, none left waiting
-            if world_size() == 1:
-                raise
-            error = f"{type(error_raised).__name__}: {error_raised}"
-    computed = time.perf_counter() - began
-    errors = every_process(error)
-    logger.info("teacher features: process %d ran the teacher over %d rows (%d to %d of %d) in %.1f s, then waited "
-                "%.1f s for the other shares, into %s", workers.rank, len(share), share.start, share.stop - 1,
-                len(dataset), computed, time.perf_counter() - began - computed, target)
-    raise_any(errors, "computing a share of the teacher's features")
+def run_then_wait(work: Callable[[], None], what: str) -> float:
+    """``work()`` on this process, then a wait for every process to finish its own; a failure anywhere is raised on
+    every process (the failing one raises its own error), none is left waiting. Returns the seconds ``work`` took."""
+    began, failure = time.perf_counter(), None
+    try:
+        work()
+    except Exception as error:
+        if world_size() == 1:
+            raise
+        failure = error
+    seconds = time.perf_counter() - began
+    errors = every_process(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    failed = [(rank, error) for rank, error in enumerate(errors) if error is not None]
+    if failed:
+        raise RuntimeError(f"teacher_cache: {what} failed on process {failed[0][0]}: {failed[0][1]}")
+    return seconds
 
 
 def refuse_augmented(dataset: Dataset) -> None:
@@ -349,188 +334,3 @@ def remove_cache(target: str) -> None:
         shutil.rmtree(target)
     else:
         os.remove(target)
-
-
-# ---- teacher_cache: auto ---------------------------------------------------------------------------------
-
-AUTO_CACHE = "auto"  # teacher_cache: auto
-SAFE_TIMEOUT_FRACTION = 0.5  # auto caches when a process's share of the pass takes less than this x ddp_timeout
-PROBE_ROWS = 16  # rows of the batch the teacher's rate is timed on
-TOKEN_SAMPLE_ROWS = 1000  # rows whose tokens are counted to estimate the training set's
-
-
-def auto_cache_dir() -> str:
-    """Where ``teacher_cache: auto`` keeps the features: beside datasets' own cache (``HF_DATASETS_CACHE``)."""
-    return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "hf_pcoh_teacher_features")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory free for this process now (Linux), or None where that cannot be read."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def free_disk(folder: str) -> int:
-    """Bytes free on the file system that ``folder`` is (or would be created) on."""
-    existing = os.path.abspath(folder)
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(existing)
-    return shutil.disk_usage(existing).free
-
-
-@dataclass(frozen=True)
-class PassEstimate:
-    """The cost of one pass of the teacher over the training set: about ``2 * parameters * tokens`` FLOPs (a
-    forward costs 2 FLOPs per parameter per token), at the rate the teacher ran a batch of training rows.
-
-    ``tokens`` counts the texts' tokens after truncation at ``max_length`` (a sample's mean times the rows); an
-    image counts as one, its cost per "token" then being timed whole on the batch, so the seconds hold either way."""
-
-    parameters: int
-    tokens: int
-    flops_per_second: float
-
-    @property
-    def flops(self) -> float:
-        return 2.0 * self.parameters * self.tokens
-
-    @property
-    def seconds(self) -> float:
-        """One process running the whole pass."""
-        return self.flops / self.flops_per_second
-
-    def describe(self, processes: int) -> str:
-        return (f"one pass, 2 x {self.parameters:.3g} parameters x {self.tokens:.3g} tokens = {self.flops:.2g} FLOPs "
-                f"at the {self.flops_per_second:.2g} FLOP/s timed on a batch, takes about "
-                f"{format_seconds(self.seconds / processes)} per process on {processes}")
-
-
-def format_seconds(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def count_tokens(dataset: Dataset, processor: Any, input_column: str, modality: str, max_length: int) -> int:
-    """The training set's tokens after truncation (texts: counted on up to ``TOKEN_SAMPLE_ROWS`` evenly spaced
-    rows, scaled to all), or its images."""
-    if modality != "text":
-        return len(dataset)
-    picked = np.linspace(0, len(dataset) - 1, num=min(len(dataset), TOKEN_SAMPLE_ROWS)).round().astype(int)
-    texts = list(dataset.select(np.unique(picked))[input_column])
-    lengths = [len(ids) for ids in processor(texts, truncation=True, max_length=max_length)["input_ids"]]
-    return max(1, round(float(np.mean(lengths)) * len(dataset)))
-
-
-def probe_teacher(
-    dataset: Dataset, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
-    modality: str, max_length: int, device: torch.device | str, autocast_dtype: torch.dtype | None,
-) -> tuple[list[Any], torch.Tensor | None, float, int]:
-    """``(features, logits, seconds, tokens)`` of the teacher on a batch of training rows, as the cached pass runs it:
-    run once to warm up, then timed."""
-    teacher.eval().to(device)
-    rows = list(dataset.select(range(min(PROBE_ROWS, len(dataset))))[input_column])
-    inputs = process(processor, rows, modality, max_length)
-    weights_dtype = next(teacher.parameters()).dtype
-    inputs = {name: tensor.to(device=device, dtype=weights_dtype if tensor.is_floating_point() else None)
-              for name, tensor in inputs.items()}
-    tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else len(rows)
-    device_type = torch.device(device).type
-    timings = []
-    for _ in range(2):
-        precision = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
-                     else contextlib.nullcontext())
-        began = time.perf_counter()
-        with precision:
-            features, logits = run_teacher(teacher, inputs, extractors)
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - began)
-    return features, logits, max(timings[-1], 1e-6), tokens
-
-
-@dataclass(frozen=True)
-class AutoCacheDecision:
-    """What ``teacher_cache: auto`` chose for a run, and why (the line it logs)."""
-
-    cache: bool
-    reason: str
-
-
-def auto_cache_decision(
-    dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor], input_column: str,
-    modality: str, max_length: int, with_logits: bool, cache_dir: str, passes: float | None = None,
-    processes: int = 1, timeout_seconds: float | None = None, device: torch.device | str | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> AutoCacheDecision:
-    """Whether ``teacher_cache: auto`` caches the teacher's features of this run, and why.
-
-    ``passes``: how many times the run goes over the training set (its epochs; examples drawn / rows for a
-    ``max_steps`` run), when known. ``processes``: how many processes share the pass (those whose teacher is
-    whole). ``timeout_seconds``: ``ddp_timeout`` when other processes wait for the pass (None on one process): a
-    process's share must take less than ``SAFE_TIMEOUT_FRACTION`` of it.
-    """
-    def live(reason: str) -> AutoCacheDecision:
-        return AutoCacheDecision(False, reason)
-
-    if not isinstance(dataset, Dataset):
-        return live("the training set is streamed")
-    if dataset.format.get("type") == "custom":
-        return live("the training set has an on-the-fly transform (augmentation): the teacher must see each epoch's "
-                    "inputs")
-    if len(dataset) < 2:
-        return live("the training set has fewer than 2 rows")
-    if passes is not None and passes < 1:
-        return live(f"the run passes over the training set {passes:.3g} times, less than once: the teacher on the rows "
-                    f"drawn costs less than on all {len(dataset)}")
-    if not teacher_is_whole(teacher):
-        return live("the main process does not hold the teacher's whole weights (left partitioned by FSDP or ZeRO-3)")
-    device = device if device is not None else next(teacher.parameters()).device
-    features, logits, seconds, batch_tokens = probe_teacher(dataset, teacher, processor, extractors, input_column,
-                                                            modality, max_length, device, autocast_dtype)
-    if any(feature.values.dim() != 2 for feature in features):
-        return live("pooling 'none' gives tokens, and only pooled features are cached")
-    width = sum(feature.dim for feature in features) + (logits.shape[-1] if with_logits and logits is not None else 0)
-    needed = len(dataset) * width * 4  # float32
-    memory, disk = available_memory(), free_disk(cache_dir)
-    if memory is not None and needed > memory / 2:
-        return live(f"the features ({needed / 2**30:.2f} GiB) would take more than half the free memory")
-    if needed > disk / 2:
-        return live(f"the features ({needed / 2**30:.2f} GiB) would take more than half the free disk at {cache_dir}")
-    parameters = count_parameters(teacher)
-    estimate = PassEstimate(parameters, count_tokens(dataset, processor, input_column, modality, max_length),
-                            2.0 * parameters * batch_tokens / seconds)
-    per_process = estimate.seconds / processes
-    if timeout_seconds and per_process > SAFE_TIMEOUT_FRACTION * timeout_seconds:
-        return live(f"{estimate.describe(processes)}, more than {SAFE_TIMEOUT_FRACTION:g} x the ddp_timeout "
-                    f"({format_seconds(timeout_seconds)}) a process may wait for the others: raise --ddp_timeout or "
-                    "give --teacher_cache DIR to cache anyway")
-    how_often = "an unknown number of" if passes is None else f"{passes:.3g}"
-    within = f", within {SAFE_TIMEOUT_FRACTION:g} x ddp_timeout" if timeout_seconds else ""
-    return AutoCacheDecision(True, f"the run passes over the training set {how_often} times and "
-                             f"{estimate.describe(processes)}{within}; the features take {needed / 2**20:.1f} MiB")
-
-
-def resolve_cache_dir(
-    cache_dir: str | None, dataset: Any, teacher: torch.nn.Module, processor: Any, extractors: list[FeatureExtractor],
-    input_column: str, modality: str, max_length: int, with_logits: bool, passes: float | None = None,
-    timeout_seconds: float | None = None, device: torch.device | str | None = None,
-    autocast_dtype: torch.dtype | None = None, workers: CacheWorkers | None = None,
-) -> str | None:
-    """The folder of the teacher-feature cache of a run, or None when the teacher runs live: ``cache_dir`` as
-    given, and for ``auto`` :func:`auto_cache_dir` when :func:`auto_cache_decision`, taken by the main process
-    for all, says so (one log line: what it chose and why). Every process calls it."""
-    if cache_dir != AUTO_CACHE:
-        return cache_dir
-    workers = workers if workers is not None else cache_workers(teacher)
-    folder = auto_cache_dir()
-    decision = from_main_process(lambda: auto_cache_decision(
-        dataset, teacher, processor, extractors, input_column, modality, max_length, with_logits, folder, passes,
-        max(1, len(workers.computing)), timeout_seconds if world_size() > 1 else None, device, autocast_dtype))
-    if workers.rank == 0:
-        if decision.cache:
-            logger.info("teacher_cache auto: the teacher's features are computed once, into %s: %s", folder,
-                        decision.reason)
-        else:
-            logger.info("teacher_cache auto: the teacher runs live, as %s", decision.reason)
-    return folder if decision.cache else None

@@ -263,7 +263,7 @@ def test_losses_on_the_command_line_drop_the_recipes_options_for_other_losses(tm
 def evaluate_script():
     import importlib.util
 
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "evaluate.py")
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "evaluate_student.py")
     spec = importlib.util.spec_from_file_location("evaluate_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

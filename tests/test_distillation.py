@@ -143,7 +143,7 @@ def test_evaluate_script_measures_a_saved_run_again(tmp_path, minilm_path) -> No
                              **text_fields(TINY_BERT, {"num_hidden_layers": 1}, "mean"))
     first = run_distillation(config).evaluation
     (tmp_path / "eval_results.json").unlink()
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py")
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate_student.py")
     completed = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert completed.returncode == 0, completed.stderr

@@ -72,7 +72,7 @@ def test_bf16_training_on_cpu_learns_with_finite_student_gradients(tmp_path, min
 def test_loss_computes_in_float32_under_bf16_autocast(name) -> None:
     """Features as a bf16 model gives them, inside bf16 autocast: a float32 result equal to the float32 computation."""
     generator = torch.Generator().manual_seed(0)
-    student_dim, teacher_dim = 32, (32 if name == "logit_kd" else 48)
+    student_dim, teacher_dim = 32, (32 if LOSSES[name].equal_widths else 48)
     student = torch.randn(64, student_dim, generator=generator).bfloat16()
     teacher = torch.randn(64, teacher_dim, generator=generator).bfloat16()
     torch.manual_seed(1)

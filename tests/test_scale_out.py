@@ -2,7 +2,7 @@
 
 The teacher is prepared by the accelerator (FSDP2 shards it like the student), two FSDP2 processes train
 like one process with the doubled batch, per-term logs are averaged over processes, the teacher cache is
-computed once by the main process and read by the others; and gradient checkpointing reaches the student.
+computed half by each process and merged into the one-process cache; and gradient checkpointing reaches the student.
 """
 
 from __future__ import annotations
@@ -100,7 +100,12 @@ def enable_fsdp_on_cpu() -> None:
     the rest of this (spawned) process (benchmarks.gpu_check.fsdp_on_cpu, entered and never left)."""
     from benchmarks.gpu_check import fsdp_on_cpu
 
-    fsdp_on_cpu().__enter__()
+    switch = fsdp_on_cpu()
+    switch.__enter__()
+    FSDP_ON_CPU.append(switch)  # held: a context manager collected would close its generator and undo the switch
+
+
+FSDP_ON_CPU: list = []
 
 
 def train(config: DistillationConfig, edit_setup=None):
@@ -201,40 +206,65 @@ def test_two_fsdp2_processes_shard_the_teacher_train_save_and_measure_like_one_p
 
 
 def cache_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
+    """Three caches built by two processes: both holding the whole teacher (``auto``, then a folder), then only the
+    first (as FSDP's cpu_ram_efficient_loading leaves the others); each process's teacher rows and features saved."""
+    import datasets
     import numpy as np
 
     import hf_pcoh.teacher_cache as teacher_cache
+    import hf_pcoh.teacher_cache_auto as teacher_cache_auto
 
     join_process_group(rank, world_size, port)
-    teacher_passes = []
+    rows_run = []
     run_teacher = teacher_cache.run_teacher
 
-    def counted_run_teacher(*args, **kwargs):
-        teacher_passes.append(1)
-        return run_teacher(*args, **kwargs)
+    def counted_run_teacher(teacher, inputs, extractors):
+        rows_run.append(len(inputs["input_ids"]))
+        return run_teacher(teacher, inputs, extractors)
 
-    teacher_cache.run_teacher = counted_run_teacher
+    teacher_cache.run_teacher = teacher_cache_auto.run_teacher = counted_run_teacher  # the pass, the auto decision's
     try:
-        config = run_config(output_dir, teacher_cache=os.path.join(output_dir, "cache"), max_train_samples=40)
-        features = np.asarray(build_setup(config).train_dataset["teacher_features_0"])
-        np.save(os.path.join(output_dir, f"features{rank}.npy"), features)
-        with open(os.path.join(output_dir, f"passes{rank}.json"), "w", encoding="utf-8") as stream:
-            json.dump(len(teacher_passes), stream)
+        record = {}
+        datasets.config.HF_DATASETS_CACHE = os.path.join(output_dir, "auto")  # auto: under auto/hf_pcoh_teacher_features
+        for name in ("auto", "shared", "alone"):
+            if name == "alone":
+                teacher_cache.teacher_is_whole = lambda teacher: rank == 0
+            rows_run.clear()
+            folder = "auto" if name == "auto" else os.path.join(output_dir, name, "cache")
+            config = run_config(os.path.join(output_dir, name), teacher_cache=folder, max_train_samples=40)
+            features = np.asarray(build_setup(config).train_dataset["teacher_features_0"])
+            np.save(os.path.join(output_dir, f"{name}{rank}.npy"), features)
+            record[name] = sum(rows_run)
+        with open(os.path.join(output_dir, f"rows{rank}.json"), "w", encoding="utf-8") as stream:
+            json.dump(record, stream)
     finally:
         leave_process_group()
 
 
 @pytest.mark.slow  # two gloo processes
-def test_teacher_cache_is_computed_once_by_the_main_process_and_read_by_the_other(tmp_path, minilm_path) -> None:
+def test_two_processes_compute_the_teacher_cache_half_each_into_the_one_process_cache(tmp_path, minilm_path) -> None:
     import numpy as np
 
+    config = run_config(str(tmp_path / "one"), teacher_cache=str(tmp_path / "one" / "cache"), max_train_samples=40)
+    expected = np.asarray(build_setup(config).train_dataset["teacher_features_0"])
     run_two_processes(cache_worker, str(tmp_path))
-    passes = [json.loads((tmp_path / f"passes{rank}.json").read_text()) for rank in range(2)]
-    assert passes[0] >= 1 and passes[1] == 0, passes  # rank 0 ran the teacher over the 40 rows; rank 1 never did
-    assert len(os.listdir(tmp_path / "cache")) == 1
-    features = [np.load(tmp_path / f"features{rank}.npy") for rank in range(2)]
-    assert features[0].shape == (40, TINY_BERT["hidden_size"])
-    np.testing.assert_array_equal(features[0], features[1])
+    rows = [json.loads((tmp_path / f"rows{rank}.json").read_text()) for rank in range(2)]
+    # each process ran the teacher over its own half of the 40 rows, nobody over all of them while the other waited
+    assert [record["shared"] for record in rows] == [20, 20], rows
+    # a process without the whole teacher computes nothing: the one that holds it computes every row
+    assert [record["alone"] for record in rows] == [40, 0], rows
+    # auto (3 steps x 2 x 8 = 1.2 passes over 40 rows): the main process alone times the teacher on a batch (16 rows,
+    # twice) and decides for both; then each computes its half
+    assert [record["auto"] for record in rows] == [20 + 2 * 16, 20], rows
+    folders = {"auto": tmp_path / "auto" / "hf_pcoh_teacher_features", "shared": tmp_path / "shared" / "cache",
+               "alone": tmp_path / "alone" / "cache"}
+    for name, folder in folders.items():
+        # the shares merged into the cache one process writes: the same fingerprint (folder), rows and features
+        assert os.listdir(folder) == os.listdir(tmp_path / "one" / "cache")
+        for rank in range(2):
+            features = np.load(tmp_path / f"{name}{rank}.npy")
+            assert features.shape == (40, TINY_BERT["hidden_size"])
+            np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
 
 
 # ---- gradient checkpointing ----------------------------------------------------------------------------

@@ -133,4 +133,9 @@ def summary_line(results: dict[str, Any]) -> str:
         parts.append(f"teacher-neighbour recall@10 {student['teacher_neighbour_recall@10']:.3f}")
     if "knn_accuracy@10" in student:
         parts.append(f"10-NN accuracy {student['knn_accuracy@10']:.3f} vs teacher {teacher['knn_accuracy@10']:.3f}")
+    language_model = results.get("language_model")
+    if language_model:
+        parts.append(f"perplexity {language_model['student_perplexity']:.1f} vs teacher "
+                     f"{language_model['teacher_perplexity']:.1f}; top-1 agreement {language_model['top1_agreement']:.3f}; "
+                     f"greedy ROUGE-L {language_model['greedy_rouge_l']:.3f}")
     return "student vs teacher: " + "; ".join(parts)

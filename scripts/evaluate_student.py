@@ -1,4 +1,4 @@
-"""Measure a distilled student beside its teacher: ``python scripts/evaluate.py OUTPUT_DIR [--teacher PATH]``.
+"""Measure a distilled student beside its teacher: ``python scripts/evaluate_student.py OUTPUT_DIR [--teacher PATH]``.
 
 The same as the installed ``hf-pcoh evaluate OUTPUT_DIR``: reads the run's ``distillation_config.json``
 (teacher, data, layers, pooling), embeds the held-out split and a labelled reference sample with both
@@ -14,7 +14,7 @@ from hf_pcoh.commands import evaluate_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return evaluate_main(argv, prog="scripts/evaluate.py")
+    return evaluate_main(argv, prog="scripts/evaluate_student.py")
 
 
 if __name__ == "__main__":

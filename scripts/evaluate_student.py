@@ -3,14 +3,14 @@
 The same as the installed ``hf-pcoh evaluate OUTPUT_DIR``: reads the run's ``distillation_config.json``
 (teacher, data, layers, pooling), embeds the held-out split and a labelled reference sample with both
 models, and writes ``eval_results.json`` and ``eval_results.md`` into OUTPUT_DIR. The logic is
-``hf_pcoh.commands.evaluate_main``.
+``hf_pcoh.cli.evaluate_main``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from hf_pcoh.commands import evaluate_main
+from hf_pcoh.cli import evaluate_main
 
 
 def main(argv: list[str] | None = None) -> int:

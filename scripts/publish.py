@@ -2,7 +2,7 @@
 
 The same as the installed ``hf-pcoh publish DIR --repo_id USER/NAME``: writes ``DIR/README.md`` (the model
 card) and uploads the folder in one commit; ``--dry_run`` prints the files and the card that would be
-uploaded, and writes and sends nothing. The logic is ``hf_pcoh.commands.publish_main`` and :mod:`hf_pcoh.hub`.
+uploaded, and writes and sends nothing. The logic is ``hf_pcoh.cli.publish_main`` and :mod:`hf_pcoh.hub`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_pcoh.commands import parse_publish_args, publish_main
+from hf_pcoh.cli import parse_publish_args, publish_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,7 +26,7 @@ from hf_pcoh.artifacts import (
     write_text,
 )
 from hf_pcoh.cli import distill_main, parse_distillation_args
-from hf_pcoh.commands import evaluate_main, publish_main
+from hf_pcoh.cli import evaluate_main, publish_main
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.data import load_splits
 from hf_pcoh.evaluation import write_saved_student_results
@@ -120,7 +120,7 @@ def test_evaluation_results_replace_planted_links(run_dir: Path, tmp_path: Path,
 
 def test_hf_pcoh_evaluate_never_writes_through_links_in_the_folder(run_dir: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch, umask_022) -> None:
-    monkeypatch.setattr("hf_pcoh.commands.evaluate_saved_student", lambda *args, **kwargs: RESULTS)
+    monkeypatch.setattr("hf_pcoh.cli.evaluate_saved_student", lambda *args, **kwargs: RESULTS)
     names = [EVAL_RESULTS_FILE, EVAL_RESULTS_TABLE_FILE]
     planted = plant_links(run_dir, tmp_path / "outside", names)
     assert evaluate_main([str(run_dir)]) == 0

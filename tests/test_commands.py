@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hf_pcoh.commands import SUBCOMMANDS, main
+from hf_pcoh.cli import SUBCOMMANDS, main
 
 # End-to-end runs on tiny models (seconds each): outside the fast inner loop (pytest -m 'not slow').
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_an_unknown_command_is_named_with_the_known_ones(capsys) -> None:
 
 def test_the_wheel_installs_the_hf_pcoh_executable() -> None:
     (entry,) = [point for point in importlib.metadata.entry_points(group="console_scripts") if point.name == "hf-pcoh"]
-    assert entry.value == "hf_pcoh.commands:main"
+    assert entry.value == "hf_pcoh.cli:main"
     executable = os.path.join(os.path.dirname(sys.executable), "hf-pcoh")
     assert os.access(executable, os.X_OK), f"{executable}: run pip install -e . to install the console scripts"
     completed = run_module("publish", "--help", executable=[executable])

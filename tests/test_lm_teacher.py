@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, OPTForCausalLM, pipeline
 
-from hf_pcoh.commands import train_teacher_main
+from hf_pcoh.cli import train_teacher_main
 from hf_pcoh.data import load_splits
 from hf_pcoh.evaluation.language_model import perplexity, tokenise_texts
 from hf_pcoh.teacher_training import (

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import REPOSITORY_ROOT, describe_machine
+from hf_pcoh.recipes import DEFAULT_RECIPE
 
 RESULT_FILE = REPOSITORY_ROOT / "benchmarks" / "results" / "default_run.json"
 
 
 def run_default_job(output_dir: Path, extra_arguments: list[str] | None = None) -> dict[str, Any]:
     """Run ``scripts/distill.py`` (the default recipe) into ``output_dir``; its figures and costs."""
-    arguments = [sys.executable, str(REPOSITORY_ROOT / "scripts" / "distill.py"), "--output_dir", str(output_dir),
-                 *(extra_arguments or [])]
+    # (named: a command line with options but no recipe gets DistillationConfig's defaults instead)
+    arguments = [sys.executable, str(REPOSITORY_ROOT / "scripts" / "distill.py"), DEFAULT_RECIPE, "--output_dir",
+                 str(output_dir), *(extra_arguments or [])]
     with tempfile.TemporaryDirectory() as cache:
         environment = {**os.environ, "HF_DATASETS_CACHE": cache, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         start = time.perf_counter()

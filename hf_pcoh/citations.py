@@ -102,6 +102,17 @@ RSA = """@article{kriegeskorte2008representational,
   year    = {2008}
 }"""
 
+ROUGE_L = """@inproceedings{lin2004rouge,
+  title     = {{ROUGE}: A Package for Automatic Evaluation of Summaries},
+  author    = {Lin, Chin-Yew},
+  booktitle = {Text Summarization Branches Out},
+  pages     = {74--81},
+  publisher = {Association for Computational Linguistics},
+  address   = {Barcelona, Spain},
+  year      = {2004},
+  url       = {https://aclanthology.org/W04-1013}
+}"""
+
 # ---- the library ------------------------------------------------------------------------------------
 
 HF_PCOH = f"""@software{{hf_pcoh,
@@ -118,6 +129,7 @@ METRIC_CITATIONS: dict[str, str] = {
     "teacher_neighbour_recall": NEIGHBOUR_RECALL,
     "dissimilarity_spearman": RSA,
     "perception_coherence": PERCEPTION_COHERENCE,
+    "greedy_rouge_l": ROUGE_L,  # a language-model student's greedy continuations against its teacher's
 }
 
 RETRIEVAL_METRIC_PATTERN = re.compile(r"map_at_r|recall_at_\d+")

@@ -1,12 +1,13 @@
 """The command line, in one module: the installed ``hf-pcoh distill | select-layers | evaluate | publish |
-train-teacher`` (also ``python -m hf_pcoh``) and the functions ``scripts/`` wraps.
+train-teacher | cache`` (also ``python -m hf_pcoh``) and the functions ``scripts/`` wraps.
 
 One console script with a subcommand per job, as ``accelerate`` and ``huggingface-cli`` have, so a user
 who installed the wheel needs nothing from the repository's ``scripts/`` (thin wrappers around the same
 functions). ``distill`` and ``select-layers`` take a recipe (YAML/JSON, or a built-in name) and ``--field value``
 overrides; ``evaluate`` measures a saved run again; ``publish`` writes its model card and uploads it;
 ``train-teacher`` trains a teacher offline (the fashion-mnist recipe's vision teacher, or ``--task causal_lm`` an
-OPT language model on WordNet glosses). Each subcommand's ``--help`` lists its options.
+OPT language model on WordNet glosses); ``cache list`` / ``cache clear`` show and remove the teacher-feature caches.
+Each subcommand's ``--help`` lists its options.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .readout import resolve_readout
 from .recipes import DEFAULT_RECIPE, builtin_recipes, is_recipe_argument, read_recipe
 from .setup import build_run_inputs
 from .setup_steps import choose_layers_by_quality
+from .teacher_cache_store import FINGERPRINT, auto_cache_dir, describe_cache, find_caches, format_bytes, remove_caches
 from .teacher_training import requested_teacher_task, teacher_task
 from .weights import DEFAULT_MAX_ABS_WEIGHT
 
@@ -115,18 +117,35 @@ def recipe_for_command_line(recipe: dict[str, Any], argv: list[str]) -> dict[str
 def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig:
     """``[RECIPE] [--field value ...]`` -> a validated :class:`DistillationConfig`.
 
-    With no recipe, the built-in ``minilm-wordnet`` recipe is used. Command-line values override the
-    recipe's, exactly as with any ``HfArgumentParser`` script.
+    Command-line values override the recipe's, exactly as with any ``HfArgumentParser`` script. Without a recipe
+    the fields not given keep ``DistillationConfig``'s defaults, so every option the run is refused for is one the
+    user set (or the recipe they named set); with no argument at all, the quick start: the built-in
+    ``minilm-wordnet`` recipe (:func:`named_recipe`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    recipe = DEFAULT_RECIPE
-    if argv and is_recipe_argument(argv[0]):
-        recipe = argv.pop(0)
+    recipe = named_recipe(argv)
+    if recipe is not None and argv:
+        argv.pop(0)
     parser = DistillationArgumentParser(DistillationConfig)
-    parser.set_defaults(**recipe_for_command_line(read_recipe(recipe), argv))
+    if recipe is not None:
+        parser.set_defaults(**recipe_for_command_line(read_recipe(recipe), argv))
     (config,) = parser.parse_args_into_dataclasses(args=argv)
-    config.check_models_given()  # a recipe builds both models: say so before anything runs
+    try:
+        config.check_models_given()  # a run builds both models: say so before anything runs
+    except ValueError as error:
+        if recipe is not None:
+            raise
+        raise ValueError(f"{error}; or start from a recipe: {PROGRAM} distill {DEFAULT_RECIPE} [--field value ...] "
+                         f"(built-in: {', '.join(sorted(builtin_recipes()))})") from None
     return config
+
+
+def named_recipe(argv: list[str]) -> str | None:
+    """The recipe a command line runs: its first argument when that is not an option, the built-in
+    ``minilm-wordnet`` when there is no argument at all (the README's quick start), else none."""
+    if not argv:
+        return DEFAULT_RECIPE
+    return argv[0] if is_recipe_argument(argv[0]) else None
 
 
 def distill_main(argv: list[str] | None = None) -> int:
@@ -165,7 +184,7 @@ def replace_builtin_recipe_run(config: DistillationConfig, argv: list[str]) -> N
     ``evaluate_student.py`` / ``publish.py`` keep finding the student where the README says. A folder the user named
     (``--output_dir``), or one holding an unfinished run (checkpoints only), is still refused.
     """
-    recipe = argv[0] if argv and is_recipe_argument(argv[0]) else DEFAULT_RECIPE
+    recipe = named_recipe(argv)
     named = any(argument.split("=", 1)[0] in ("--output_dir", "--output-dir") for argument in argv)
     if (recipe in builtin_recipes() and not named and not config.resume_from_checkpoint
             and not config.overwrite_output_dir and holds_finished_run(config.output_dir)):
@@ -321,6 +340,62 @@ def train_teacher_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# ---- cache -----------------------------------------------------------------------------------------------
+
+
+def cache_parser(prog: str = f"{PROGRAM} cache") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog=prog,
+        description="hf_pcoh's teacher-feature caches (--teacher_cache): list them, or remove them. They are looked "
+        "for under HF_DATASETS_CACHE/hf_pcoh_teacher_features (teacher_cache: auto) and each --cache_dir; only "
+        "hf_pcoh's caches are listed or removed, never any other entry of the datasets cache.",
+    )
+    folders = argparse.ArgumentParser(add_help=False)
+    folders.add_argument("--cache_dir", action="append", default=[], metavar="DIR",
+                         help="A run's --teacher_cache DIR, looked in besides the default folder (repeatable).")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{list,clear}")
+    actions.add_parser("list", parents=[folders], allow_abbrev=False,
+                       help="one line per cached teacher-feature set: fingerprint, teacher, layers, rows, size on disk, "
+                       "created, folder")
+    clear = actions.add_parser("clear", parents=[folders], allow_abbrev=False,
+                               help="remove cached teacher features: all, or those a fingerprint or --teacher chooses")
+    clear.add_argument("fingerprints", nargs="*", metavar="FINGERPRINT",
+                       help="A cache's fingerprint, or its first digits, as `list` shows it (default: every cache).")
+    clear.add_argument("--teacher", default=None,
+                       help="Only the caches of this teacher, named as `list` shows it (* and ? match any characters).")
+    clear.add_argument("--dry_run", action="store_true", help="Print what would be removed; remove nothing.")
+    return parser
+
+
+def cache_main(argv: list[str] | None = None, prog: str = f"{PROGRAM} cache") -> int:
+    """``hf-pcoh cache list`` / ``hf-pcoh cache clear [FINGERPRINT ...] [--teacher NAME] [--dry_run]``: 0, or 2 with a
+    one-line error for a fingerprint that is not one."""
+    args = cache_parser(prog).parse_args(argv)
+    cache_dirs = [auto_cache_dir(), *args.cache_dir]
+    caches = find_caches(cache_dirs)
+    if args.action == "list":
+        for cache in caches:
+            print(describe_cache(cache))
+        print(f"{len(caches)} teacher-feature cache(s), {format_bytes(sum(cache.size for cache in caches))} on disk, "
+              f"under {', '.join(cache_dirs)}")
+        return 0
+    wrong = [given for given in args.fingerprints if not FINGERPRINT.match(given.lower().ljust(24, "0"))]
+    if wrong:
+        print(f"error: {', '.join(map(repr, wrong))} is not a fingerprint (hexadecimal digits, as `{PROGRAM} cache "
+              "list` shows them)", file=sys.stderr)
+        return 2
+    chosen = [cache for cache in caches if cache.matches(args.fingerprints, args.teacher)]
+    if not args.dry_run:
+        remove_caches(chosen)
+    verb = "would remove" if args.dry_run else "removed"
+    for cache in chosen:
+        print(f"{verb} {describe_cache(cache)}")
+    print(f"{verb} {len(chosen)} teacher-feature cache(s), {format_bytes(sum(cache.size for cache in chosen))}; "
+          f"{len(caches) - len(chosen)} kept")
+    return 0
+
+
 # ---- the dispatcher -------------------------------------------------------------------------------------
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -334,6 +409,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                           publish_main),
     "train-teacher": Subcommand("train a teacher offline: the fashion-mnist ResNet, or --task causal_lm an OPT LM",
                                 train_teacher_main),
+    "cache": Subcommand("the teacher-feature caches: `cache list` shows them, `cache clear [--teacher NAME]` removes them",
+                        cache_main),
 }
 
 
@@ -362,5 +439,5 @@ def main(argv: list[str] | None = None) -> int:
     return SUBCOMMANDS[name].run(rest)
 
 
-__all__ = ["SUBCOMMANDS", "distill_main", "evaluate_main", "main", "parse_distillation_args", "publish_main",
+__all__ = ["SUBCOMMANDS", "cache_main", "distill_main", "evaluate_main", "main", "parse_distillation_args", "publish_main",
            "select_layers_main", "train_teacher_main"]

@@ -45,6 +45,8 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
             Student checkpoint (local folder or Hub id). Or give `student_config`.
         student_config (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Build the student from a config: a full config with `model_type`, else overrides of the teacher's.
+        model_init_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Keyword arguments of the student's `from_pretrained` (as TRL names them), e.g. `attn_implementation`.
         student_init_from_teacher (`bool`, *optional*, defaults to `False`):
             Initialise a student built from a config with the teacher's weights where names and shapes agree.
         student_init_layer_map (`list[int]` or `None`, *optional*, defaults to `None`):
@@ -137,10 +139,16 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
             Replace the run already in `output_dir`; without it, a folder holding a run is refused.
         evaluate_after_training (`bool`, *optional*, defaults to `True`):
             Embed the eval split with teacher and student after training and write `eval_results.json`.
+        per_device_eval_batch_size (`int` or `None`, *optional*, defaults to `None`):
+            Examples per evaluation batch and process; default: `per_device_train_batch_size`, so that the eval loss
+            of batch-level losses compares with the training loss.
         dataloader_drop_last (`bool`, *optional*, defaults to `True`):
             Drop the last incomplete batch (batch-level losses need full batches).
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Keep raw columns: the distillation collator builds the model inputs.
+        ddp_find_unused_parameters (`bool` or `None`, *optional*, defaults to `None`):
+            DDP's `find_unused_parameters`; unset: false when every trainable parameter gets a gradient at every
+            step (unread ones are frozen), else true.
     """
 
     # ---- models -------------------------------------------------------------------------------------
@@ -179,6 +187,13 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
             "help": "Build the student from a config: a JSON dict. With 'model_type' it is a full config; without "
             "it, its fields override the teacher's config (e.g. '{\"num_hidden_layers\": 3}')."
         },
+    )
+    model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments passed to the student's from_pretrained when it is loaded from a checkpoint "
+                  "(student_model_name_or_path, or a folder / Hub id given to DistillationTrainer), as a JSON dict "
+                  "(TRL's name), e.g. '{\"attn_implementation\": \"sdpa\"}'. trust_remote_code and use_safetensors "
+                  "are hf_pcoh's own options."},
     )
     student_init_from_teacher: bool = field(
         default=False,
@@ -388,6 +403,14 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
         default=True,
         metadata={"help": "Embed the eval split with teacher and student after training and write eval_results.json."},
     )
+    # A batch-level loss (perception coherence, Procrustes, CKA...) depends on the batch it compares: the eval loss is
+    # comparable with the training loss only at the same batch size.
+    per_device_eval_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Examples per evaluation batch and process, for the eval loss and the embeddings measured at "
+                  "each evaluation (default: per_device_train_batch_size, so that the eval loss of batch-level losses "
+                  "compares with the training loss; set it lower when evaluation runs out of memory)."},
+    )
 
     # Batch-level losses need full batches: a last batch of 1 would make them undefined.
     dataloader_drop_last: bool = field(
@@ -397,8 +420,17 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep raw columns: the distillation collator builds the model inputs."}
     )
+    # transformers would pass True for a model that is not a PreTrainedModel (DistillationModel): a graph walk per step.
+    ddp_find_unused_parameters: bool | None = field(
+        default=None,
+        metadata={"help": "DDP's find_unused_parameters. Unset (default): false when every trainable parameter gets a "
+                  "gradient at every step (the student's and the loss heads' unread parameters are frozen, as two "
+                  "training rows show), true otherwise (routed experts, LayerDrop). Set it to override."},
+    )
 
     def __post_init__(self) -> None:
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
         self.validate_distillation_options()
         self._join_cpu_processes()
         super().__post_init__()

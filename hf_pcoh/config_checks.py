@@ -70,6 +70,23 @@ def parse_json_option(value: Any, option: str) -> Any:
         raise ValueError(f"{option}: could not parse {value!r} as JSON ({error})") from None
 
 
+def check_init_kwargs(option: str, kwargs: Any, role: str, built_from_config: bool) -> bool:
+    """``option`` (``model_init_kwargs`` / ``teacher_model_init_kwargs``) is a dict of ``from_pretrained``'s arguments
+    that hf_pcoh does not set itself, for a model that is loaded; True when it holds any."""
+    if kwargs is None or kwargs == {}:
+        return False
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{option} must be a JSON object (dict) of from_pretrained's arguments, got {kwargs!r}")
+    for key, own_option in OWN_INIT_KWARGS.items():
+        if key in kwargs:
+            raise ValueError(f"{option} sets {key!r}, which hf_pcoh sets itself: use {own_option}")
+    if built_from_config:
+        raise ValueError(f"{option}={kwargs} are from_pretrained's, but the {role} is built from {role}_config, not "
+                         f"loaded: drop them" + (" (teacher_dtype applies to a built teacher too)" if role == "teacher"
+                                                 else ""))
+    return True
+
+
 class ConfigChecks:
     """The validation half of ``DistillationConfig`` (see :mod:`hf_pcoh.config` for the fields)."""
 
@@ -105,6 +122,7 @@ class ConfigChecks:
         self.student_config = parse_json_option(self.student_config, "student_config")
         self.loss_kwargs = parse_json_option(self.loss_kwargs, "loss_kwargs") or {}
         self.teacher_model_init_kwargs = parse_json_option(self.teacher_model_init_kwargs, "teacher_model_init_kwargs")
+        self.model_init_kwargs = parse_json_option(self.model_init_kwargs, "model_init_kwargs")
 
     def _check_models(self) -> None:
         """A teacher config names its architecture. Whether a teacher and a student are named at all is checked
@@ -112,6 +130,8 @@ class ConfigChecks:
         ``DistillationTrainer(model=..., teacher_model=...)`` need no option here."""
         if self.teacher_config is not None and "model_type" not in self.teacher_config:
             raise ValueError(f"teacher_config={self.teacher_config} needs a 'model_type' (e.g. 'bert', 'opt', 'vit')")
+        check_init_kwargs("model_init_kwargs", self.model_init_kwargs, "student",
+                          self.student_config is not None and not self.student_model_name_or_path)
         self._check_teacher_dtype()
 
     def _check_teacher_dtype(self) -> None:
@@ -123,17 +143,9 @@ class ConfigChecks:
             raise ValueError(f"teacher_dtype={self.teacher_dtype!r} is not a dtype hf_pcoh loads a teacher in: use one "
                              f"of {', '.join(TEACHER_DTYPES)} (auto: the checkpoint's own)")
         kwargs = self.teacher_model_init_kwargs
-        if kwargs is None or kwargs == {}:
+        if not check_init_kwargs("teacher_model_init_kwargs", kwargs, "teacher",
+                                 self.teacher_config is not None and not self.teacher_model_name_or_path):
             return
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"teacher_model_init_kwargs must be a JSON object (dict) of from_pretrained's arguments, "
-                             f"got {kwargs!r}")
-        for key, option in OWN_INIT_KWARGS.items():
-            if key in kwargs:
-                raise ValueError(f"teacher_model_init_kwargs sets {key!r}, which hf_pcoh sets itself: use {option}")
-        if self.teacher_config is not None and not self.teacher_model_name_or_path:
-            raise ValueError(f"teacher_model_init_kwargs={kwargs} are from_pretrained's, but the teacher is built from "
-                             "teacher_config, not loaded: drop them (teacher_dtype applies to a built teacher too)")
         for key in ("dtype", "torch_dtype"):
             if key in kwargs and self.teacher_dtype != "auto":
                 raise ValueError(f"teacher_dtype={self.teacher_dtype!r} and teacher_model_init_kwargs[{key!r}]="
@@ -313,11 +325,15 @@ class ConfigChecks:
         if len(self.student_layers) != 1 or self.teacher_layers_auto:
             raise ValueError(f"{option} holds one embedding per row: give one student layer (--student_layers last) "
                              "and no teacher_layers auto")
-        refused = {"teacher_cache": self.teacher_cache, "logit_kd_weight > 0": self.logit_kd_weight > 0,
-                   "student_init_from_teacher": self.student_init_from_teacher, "pooling none": self.pooling == "none"}
-        for name, given in refused.items():
+        # Each as the user (or the recipe they named) set it, with how to turn it off.
+        refused = {"teacher_cache": (self.teacher_cache, "--teacher_cache none"),
+                   "logit_kd_weight > 0": (self.logit_kd_weight > 0, "--logit_kd_weight 0"),
+                   "student_init_from_teacher": (self.student_init_from_teacher, "--student_init_from_teacher false"),
+                   "pooling none": (self.pooling == "none", "--pooling auto")}
+        for name, (given, off) in refused.items():
             if given:
-                raise ValueError(f"{option} trains without loading the teacher, so {name} cannot apply: drop it")
+                raise ValueError(f"{option} trains without loading the teacher, so {name} cannot apply: drop it "
+                                 f"({off})")
 
     def _check_loggers(self) -> None:
         """``report_to`` names only loggers whose package is installed (else the Trainer fails deep in its setup)."""

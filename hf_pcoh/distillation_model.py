@@ -11,6 +11,7 @@ checkpoints the student and the losses' learned heads together.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,13 +24,18 @@ from transformers import PreTrainedModel
 from .config import DistillationConfig
 from .distributed import world_size
 from .features import FeatureExtractor, Features
-from .global_batch import GatheredBatch, gather_global_batch, gather_labels, loss_on_global_batch, token_mean
+from .global_batch import GlobalBatches
 from .losses import DistillationLoss, build_loss
 from .losses.token_kd import IGNORE_INDEX, next_token_cross_entropy_sum, next_token_targets
 from .models import is_causal_lm
 from .readout import FeatureReadout
+from .token_accumulation import window_token_mean
 
 logger = logging.getLogger(__name__)
+
+# Why a probed student's trainable parameters may still go without a gradient at some step ([]: they never do), by
+# student (freeze_unread_parameters); a student missing here was not probed (DeepSpeed), so nothing is known of it.
+MAY_GO_UNREAD: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -101,10 +107,13 @@ def build_logit_kd(
 
 
 def add_distillation_terms(
-    model: DistillationModel, args: DistillationConfig, readout: FeatureReadout, probe: FeatureProbe
+    model: DistillationModel, args: DistillationConfig, readout: FeatureReadout, probe: FeatureProbe,
+    accelerator: Any = None,
 ) -> None:
     """Add every term to ``model``: one loss per (layer pair, loss) sized by ``probe``'s feature widths, and
-    the optional cross-entropy and logit KD, checked against the student's and the teacher's outputs."""
+    the optional cross-entropy and logit KD, checked against the student's and the teacher's outputs. The heads'
+    parameters that no term trains are frozen; with the Trainer's ``accelerator``, DDP is told whether it must
+    search for unused parameters (:func:`settle_find_unused_parameters`)."""
     losses, terms = build_terms(args, readout, probe.student_features, probe.teacher_features)
     causal_lm = args.resolved_task(is_causal_lm(model.student)) == "causal_lm"
     if causal_lm and not is_causal_lm(model.student):
@@ -119,6 +128,69 @@ def add_distillation_terms(
     model.causal_lm = causal_lm
     student_device = next(model.student.parameters()).device  # where the Trainer placed it (CPU until sharded)
     model.add_terms({key: loss.to(student_device) for key, loss in losses.items()}, terms, logit_kd)
+    reasons = freeze_unread_head_parameters(model, probe)
+    if accelerator is not None:
+        settle_find_unused_parameters(accelerator, args, model, reasons)
+
+
+def freeze_unread_head_parameters(model: DistillationModel, probe: FeatureProbe) -> list[str]:
+    """Freeze the loss heads' parameters that no term trains, as each loss declares them
+    (:meth:`~hf_pcoh.losses.DistillationLoss.untrained_parameters`: CosPress's map with its similarity-map terms off);
+    return why a step may still leave a trainable parameter without a gradient ([] when nothing can): a loss that
+    does not declare which of its parameters train, a layer pair whose terms send the student no gradient, a logit KD
+    with parameters of its own. A term of weight 0 still trains its head (with zero gradients).
+
+    The losses are asked, not run: a loss's forward may count its calls or draw random numbers.
+    """
+    reasons: list[str] = []
+    frozen: list[str] = []
+    for pair_index, student in enumerate(probe.student_features):
+        tokens = student.values.dim() == 3
+        reaches_student = False
+        for key in dict.fromkeys(term.key for term in model.terms if term.pair_index == pair_index):
+            head = model.heads[key]
+            reaches_student = reaches_student or head.trains_student(tokens)
+            untrained = head.untrained_parameters(tokens)
+            if untrained is None:
+                reasons.append(f"loss {key} does not say which of its parameters train (untrained_parameters)")
+                continue
+            parameters = dict(head.named_parameters())
+            for name in untrained:
+                if parameters[name].requires_grad:
+                    parameters[name].requires_grad_(False)
+                    frozen.append(f"heads.{key}.{name}")
+        if not reaches_student:
+            reasons.append(f"the terms of layer pair {pair_index} send the student no gradient")
+    if frozen:
+        logger.info("loss head parameters that no term trains are frozen: %s", ", ".join(frozen))
+    logit_kd = getattr(model, "logit_kd", None)
+    if logit_kd is not None and any(parameter.requires_grad for parameter in logit_kd.parameters()):
+        reasons.append("the logit KD's own parameters are not checked")
+    return reasons
+
+
+def settle_find_unused_parameters(
+    accelerator: Any, args: DistillationConfig, model: DistillationModel, reasons: list[str]
+) -> bool | None:
+    """Set DDP's ``find_unused_parameters`` for this run, unless the user set ``--ddp_find_unused_parameters``;
+    return the value set (None: left as it was).
+
+    transformers passes True for any model that is not a ``PreTrainedModel``, as :class:`DistillationModel` is, and
+    DDP then walks the autograd graph after every forward. Here it is False when every trainable parameter gets a
+    gradient at every step, which holds once the unread parameters of the student
+    (:func:`freeze_unread_parameters`) and of the heads (:func:`freeze_unread_head_parameters`) are frozen, unless
+    ``reasons`` or the student's probe say otherwise (routed experts, LayerDrop); a student that was not probed
+    (under DeepSpeed, where DDP is not used) keeps transformers' choice.
+    """
+    handler = getattr(accelerator, "ddp_handler", None)
+    student_reasons = MAY_GO_UNREAD.get(model.student)
+    if handler is None or args.ddp_find_unused_parameters is not None or student_reasons is None:
+        return None
+    reasons = student_reasons + reasons
+    handler.find_unused_parameters = bool(reasons)
+    if reasons:
+        logger.info("DDP searches for unused parameters at every step: %s", "; ".join(reasons))
+    return handler.find_unused_parameters
 
 
 def freeze_unread_parameters(
@@ -126,12 +198,14 @@ def freeze_unread_parameters(
 ) -> list[str]:
     """Freeze the student parameters that nothing the run reads depends on; return their names.
 
-    A BERT student read at its hidden states never uses its pooler: its parameters get no gradient, so DDP must
-    search for unused parameters at every step and a sharded (FSDP2) optimizer checkpoint holds no state for them,
-    which its loader then refuses on resume. Found by one forward and backward on the probe rows: a parameter with
-    no gradient from what the run reads (the features of its layers, the logits when a loss takes them); modules
-    inside a ``ModuleList`` (blocks, routed experts) are left alone, since a batch may simply not have reached
-    them. Frozen parameters are saved unchanged with the student.
+    A BERT student read at its hidden states never uses its pooler, nor a student read at layer 2 its blocks after
+    the second: their parameters get no gradient, so DDP would have to search for unused parameters at every step
+    and a sharded (FSDP2) optimizer checkpoint would hold no state for them, which its loader then refuses on
+    resume. Found by one forward and backward on the probe rows: a parameter with no gradient from what the run
+    reads (the features of its layers, the logits when a loss takes them). In a block of a ``ModuleList`` that the
+    gradient did reach, a module left without one (a routed expert) is left trainable, since a batch may simply not
+    have reached it; such parameters, and LayerDrop, are noted for :func:`settle_find_unused_parameters`. Frozen
+    parameters are saved unchanged with the student.
     """
     with torch.enable_grad():
         outputs = student(**student_inputs, output_hidden_states=True)
@@ -142,18 +216,36 @@ def freeze_unread_parameters(
         total = sum(value.float().sum() for value in read)
         named = [(name, parameter) for name, parameter in student.named_parameters() if parameter.requires_grad]
         gradients = torch.autograd.grad(total, [parameter for _, parameter in named], allow_unused=True)
-    in_lists = {id(module) for holder in student.modules() if isinstance(holder, nn.ModuleList)
-                for module in holder.modules()}
+    # Each module inside a ModuleList -> the block holding it: the item of the outermost list (modules() walks
+    # from the root, so an outer list claims its modules before the lists nested in its blocks are reached).
+    block_of: dict[int, nn.Module] = {}
+    for holder in student.modules():
+        if isinstance(holder, nn.ModuleList) and id(holder) not in block_of:
+            for block in holder:
+                for module in block.modules():
+                    block_of.setdefault(id(module), block)
     owners = {f"{prefix}.{name}".lstrip("."): module for prefix, module in student.named_modules()
               for name, _ in module.named_parameters(recurse=False)}
-    frozen = []
+    reached_blocks = {id(block_of[id(owners[name])]) for (name, _), gradient in zip(named, gradients)
+                      if gradient is not None and id(owners.get(name)) in block_of}
+    frozen, routed = [], []
     for (name, parameter), gradient in zip(named, gradients):
-        owner = owners.get(name)
-        if gradient is None and owner is not None and id(owner) not in in_lists:
+        if gradient is not None or name not in owners:
+            continue
+        block = block_of.get(id(owners[name]))
+        if block is not None and id(block) in reached_blocks:
+            routed.append(name)
+        else:
             parameter.requires_grad_(False)
             frozen.append(name)
     if frozen:
         logger.info("student parameters that nothing the run reads depends on are frozen: %s", ", ".join(frozen))
+    reasons = [f"{len(routed)} student parameters the probe rows did not reach, in blocks they did (routed experts?): "
+               f"{', '.join(routed[:3])}{', ...' if len(routed) > 3 else ''}"] if routed else []
+    settings = vars(student.config) if getattr(student, "config", None) is not None else {}
+    reasons += [f"the student's {name}={value} skips layers at random" for name, value in settings.items()
+                if name.endswith("layerdrop") and isinstance(value, (int, float)) and value > 0]
+    MAY_GO_UNREAD[student] = reasons
     return frozen
 
 
@@ -177,7 +269,9 @@ class DistillationModel(nn.Module):
     ``forward(student_inputs, teacher_features, labels=None, teacher_logits=None)`` runs the student,
     extracts its features for every layer pair and returns the weighted total and each term. With ``causal_lm``
     (a language-model student, ``task: causal_lm``) ``labels`` are ``[B, T]`` token labels (``-100``: no target) and
-    the cross-entropy and logit KD are next-token CE and KD over the vocabulary, means over the target tokens.
+    the cross-entropy and logit KD are next-token CE and KD over the vocabulary, means over the target tokens (of
+    the whole accumulated batch with the trainer's ``target_tokens_per_micro_batch``,
+    :mod:`hf_pcoh.token_accumulation`).
     """
 
     def __init__(
@@ -274,24 +368,21 @@ class DistillationModel(nn.Module):
         teacher_features: list[Features],
         labels: torch.Tensor | None = None,
         teacher_logits: torch.Tensor | None = None,
+        target_tokens_per_micro_batch: torch.Tensor | None = None,
     ) -> DistillationOutput:
         student_features, outputs = self.student_features(student_inputs)
         total = torch.zeros((), device=student_features[0].values.device)
         values: dict[str, torch.Tensor] = {}
-        gathered: dict[int, GatheredBatch] = {}
-        gathered_labels: dict[str, torch.Tensor | None] = {}
         class_labels = None if self.causal_lm else labels  # a language model's labels are its tokens
+        global_batches = GlobalBatches(class_labels)  # this forward's gathers, each done once
         for term in self.terms:
             loss = self.heads[term.key]
             student, teacher = student_features[term.pair_index], teacher_features[term.pair_index]
             if loss.batch_level and world_size() > 1:
-                # The global batch, gathered once per layer pair whatever the number of its losses; a loss that
-                # is a mean over reference rows scores only this process's rows of it (hf_pcoh.global_batch).
-                if term.pair_index not in gathered:
-                    gathered[term.pair_index] = gather_global_batch(student.values, teacher.values, student.mask)
-                if "labels" not in gathered_labels:
-                    gathered_labels["labels"] = gather_labels(class_labels)
-                value = loss_on_global_batch(loss, gathered[term.pair_index], gathered_labels["labels"])
+                # The global batch, gathered once per layer pair whatever the number of its losses (a set-geometry
+                # loss's token rows chosen before the gather); a loss that is a mean over reference rows scores
+                # only this process's rows of it (hf_pcoh.global_batch).
+                value = global_batches.loss_value(term.pair_index, loss, student.values, teacher.values, student.mask)
             else:
                 value = loss(student.values, teacher.values, mask=student.mask, labels=class_labels)
             values[term.label] = value
@@ -301,7 +392,8 @@ class DistillationModel(nn.Module):
         logits = getattr(outputs, "logits", None)
         if self.causal_lm:
             mask = student_inputs.get("attention_mask")
-            language_model = self.language_model_terms(logits, labels, teacher_logits, mask)
+            language_model = self.language_model_terms(logits, labels, teacher_logits, mask,
+                                                       target_tokens_per_micro_batch)
             values.update(language_model)
             for name, weight in ((NEXT_TOKEN_CE, self.ce_weight), (TOKEN_KD, self.logit_kd_weight)):
                 if name in language_model:
@@ -317,18 +409,22 @@ class DistillationModel(nn.Module):
 
     def language_model_terms(
         self, logits: torch.Tensor, labels: torch.Tensor | None, teacher_logits: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | None, target_tokens_per_micro_batch: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Next-token cross-entropy and logit KD over the vocabulary (``[B, T, V]`` logits), each a mean over the
-        target tokens of the global batch (:func:`~hf_pcoh.global_batch.token_mean`), computed chunk by chunk."""
+        target tokens of the global batch, computed chunk by chunk; with ``target_tokens_per_micro_batch`` (the
+        trainer's, under gradient accumulation) over those of the whole accumulated batch
+        (:func:`~hf_pcoh.token_accumulation.window_token_mean`)."""
         if labels is None or labels.shape != logits.shape[:2]:
             raise ValueError(f"task=causal_lm needs token labels [B, T] = {tuple(logits.shape[:2])} from the collator, "
                              f"got {None if labels is None else tuple(labels.shape)}: build it with next_token_labels="
                              "True (hf_pcoh.setup_models.build_collator(..., causal_lm=True))")
         terms: dict[str, torch.Tensor] = {}
         if self.ce_weight > 0:
-            terms[NEXT_TOKEN_CE] = token_mean(*next_token_cross_entropy_sum(logits, labels, attention_mask))
+            terms[NEXT_TOKEN_CE] = window_token_mean(*next_token_cross_entropy_sum(logits, labels, attention_mask),
+                                                     target_tokens_per_micro_batch)
         if self.logit_kd_weight > 0:
             valid = next_token_targets(labels, attention_mask) != IGNORE_INDEX  # [B, T]: positions with a target
-            terms[TOKEN_KD] = token_mean(*self.logit_kd.sum_and_count(logits, teacher_logits, valid))
+            terms[TOKEN_KD] = window_token_mean(*self.logit_kd.sum_and_count(logits, teacher_logits, valid),
+                                                target_tokens_per_micro_batch)
         return terms

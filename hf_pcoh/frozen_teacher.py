@@ -15,14 +15,19 @@
   it (without gradients), and any that still are inference tensors (a view such as ``cls``) are cloned,
   so a loss can save them for its backward.
 
-A sharded teacher (FSDP, DeepSpeed ZeRO-3), a compiled or otherwise wrapped one runs whole under
-``torch.no_grad()``, as it always did.
+**sharded teachers**: under FSDP2 the trainer shards the cut view itself (:func:`cut_for_layers`, decided when
+the teacher is prepared from every layer the run reads: the training pairs and the evaluation's embedding), so the
+blocks after the deepest of them are never wrapped, moved to a device or run; the view is recorded, and
+:func:`run_teacher` (and :func:`as_read_from_whole`, for the evaluation's embedding) read the whole teacher's layers
+from it under ``torch.no_grad()`` (``tests/test_sharded_teacher.py``). A teacher sharded otherwise (FSDP1, DeepSpeed
+ZeRO-3), a compiled or otherwise wrapped one runs whole under ``torch.no_grad()``, as it always did.
 """
 
 from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,8 +59,19 @@ class TeacherPlan:
     depth: int | None = None  # blocks the view runs; None: the whole teacher
 
 
+@dataclass(frozen=True)
+class TeacherCut:
+    """What a view made by :func:`cut_for_layers` was cut from: its layers are read as the whole teacher's."""
+
+    whole: nn.Module  # the teacher the view shares its modules with
+    hidden_state_count: int  # the whole teacher's: the embeddings, then one per block
+    depth: int  # the blocks the view runs
+
+
 # One plan per (teacher, extractor layers); a teacher that is freed takes its plans with it.
 _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], TeacherPlan]] = weakref.WeakKeyDictionary()
+# The views cut_for_layers made (and the trainer then sharded), with what they were cut from.
+_CUTS: weakref.WeakKeyDictionary[nn.Module, TeacherCut] = weakref.WeakKeyDictionary()
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -165,6 +181,10 @@ def plan_teacher_run(teacher: nn.Module, extractors: list[FeatureExtractor]) -> 
 
 def make_plan(teacher: nn.Module, layers: list[int | str]) -> TeacherPlan:
     """See :func:`plan_teacher_run`."""
+    cut = cut_of(teacher)
+    if cut is not None:  # a view cut_for_layers made: it runs as it is (sharded), read as the whole teacher
+        resolved = [resolve_cut_index(cut, layer) for layer in layers]
+        return TeacherPlan(teacher, resolved, True, inference_mode=not is_sharded(teacher), depth=cut.depth)
     if not isinstance(teacher, PreTrainedModel) or not is_plain_module(teacher) or is_sharded(teacher):
         return TeacherPlan(teacher, list(layers), True, inference_mode=False)
     found = block_list(teacher)
@@ -184,6 +204,58 @@ def make_plan(teacher: nn.Module, layers: list[int | str]) -> TeacherPlan:
     if named or depth >= len(blocks) or not is_plain_module(container) or not cuttable:
         return TeacherPlan(teacher, resolved, hidden_states, inference_mode=True)
     return TeacherPlan(cut_view(teacher, path, depth), resolved, hidden_states, inference_mode=True, depth=depth)
+
+
+def cut_for_layers(teacher: nn.Module, extractors: Sequence[FeatureExtractor]) -> nn.Module:
+    """The part of ``teacher`` that gives every layer ``extractors`` read: the view :func:`run_teacher` would run,
+    cut after the deepest of them, or ``teacher`` itself when it is not cut (see the module docstring).
+
+    For a teacher about to be sharded: shard the view, and the blocks after it are never wrapped, moved or run. The
+    view is recorded, so that :func:`run_teacher` and :func:`as_read_from_whole` read the whole teacher's layers
+    from it (a negative index counts from the whole teacher's last layer) and refuse one deeper than its cut.
+    """
+    plan = make_plan(teacher, [extractor.layer for extractor in extractors])
+    if plan.depth is None:
+        return teacher
+    _, blocks = block_list(teacher)
+    _CUTS[plan.model] = TeacherCut(teacher, len(blocks) + 1, plan.depth)
+    return plan.model
+
+
+def cut_of(model: nn.Module) -> TeacherCut | None:
+    """What ``model`` was cut from, when it is a view :func:`cut_for_layers` made (or a wrapper of one)."""
+    for candidate in (model, getattr(model, "module", None)):
+        try:
+            cut = _CUTS.get(candidate) if candidate is not None else None
+        except TypeError:  # not weakly referenceable
+            cut = None
+        if cut is not None:
+            return cut
+    return None
+
+
+def uncut_teacher(model: nn.Module) -> nn.Module:
+    """The whole teacher ``model`` was cut from (its size, its config), or ``model`` itself."""
+    cut = cut_of(model)
+    return model if cut is None else cut.whole
+
+
+def resolve_cut_index(cut: TeacherCut, layer: int | str) -> int:
+    """``layer`` of the whole teacher as an index into the cut view's hidden states; an error when the view does
+    not reach it (the run reads a layer the teacher was not prepared for)."""
+    index = resolve_index(layer, cut.hidden_state_count)
+    if not isinstance(index, int) or index > cut.depth:
+        raise ValueError(f"teacher layer {layer!r}: the teacher was cut after block {cut.depth} of "
+                         f"{cut.hidden_state_count - 1}, the deepest layer the run was prepared to read; pass "
+                         "every layer read to cut_for_layers")
+    return index
+
+
+def as_read_from_whole(model: nn.Module, extractor: FeatureExtractor) -> FeatureExtractor:
+    """``extractor`` as it reads ``model``'s own outputs: on a view cut by :func:`cut_for_layers`, its layer as an
+    index into the view's hidden states (the whole teacher's layer it names); else ``extractor`` itself."""
+    cut = cut_of(model)
+    return extractor if cut is None else replace(extractor, layer=resolve_cut_index(cut, extractor.layer))
 
 
 def as_normal_tensor(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -97,9 +97,11 @@ def weights_dtype(name: str | None) -> torch.dtype | None:
 def load_pretrained(
     role: str, name_or_path: str, needs_logits: bool, trust_remote_code: bool, num_labels: int | None = None,
     dtype: torch.dtype | None = None, init_kwargs: dict[str, Any] | None = None, causal_lm: bool = False,
+    weights: bool = True,
 ) -> PreTrainedModel:
     """Load the ``role`` ("teacher"/"student") checkpoint, from safetensors only: in ``dtype`` when given (else the
-    checkpoint's), with ``init_kwargs`` passed on to ``from_pretrained`` (``teacher_model_init_kwargs``)."""
+    checkpoint's), with ``init_kwargs`` passed on to ``from_pretrained`` (``teacher_model_init_kwargs``). Without
+    ``weights``, only its config is read and the model is built on the meta device (:func:`build_on_meta`)."""
     path = resolve_checkpoint(name_or_path)
     option = f"{role}_model_name_or_path"
     try:
@@ -120,6 +122,12 @@ def load_pretrained(
         kwargs["dtype"] = dtype
     if needs_logits and not causal_lm and num_labels is not None and getattr(config, "num_labels", None) != num_labels:
         kwargs["num_labels"] = num_labels
+    if not weights:
+        if "num_labels" in kwargs:
+            config.num_labels = kwargs["num_labels"]
+        model = build_on_meta(config, needs_logits, dtype, causal_lm, kwargs.get("attn_implementation"))
+        model.name_or_path = model.config._name_or_path = path  # as from_pretrained names it (its processor's folder)
+        return model
     try:
         return model_class(config, needs_logits, causal_lm).from_pretrained(path, **kwargs)
     except OSError as error:
@@ -131,14 +139,31 @@ def load_pretrained(
 
 def build_from_config(
     config: PretrainedConfig, needs_logits: bool, num_labels: int | None = None, dtype: torch.dtype | None = None,
-    causal_lm: bool = False,
+    causal_lm: bool = False, weights: bool = True,
 ) -> PreTrainedModel:
     """A randomly initialised model of ``config`` (with a classification head when ``needs_logits``), in ``dtype``
-    when given, else in the config's own ``dtype`` (transformers' rule: unset means the default, float32)."""
+    when given, else in the config's own ``dtype`` (transformers' rule: unset means the default, float32); without
+    ``weights``, its structure on the meta device (:func:`build_on_meta`)."""
     if needs_logits and not causal_lm and num_labels is not None:
         config.num_labels = num_labels
+    if not weights:
+        return build_on_meta(config, needs_logits, dtype, causal_lm)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return model_class(config, needs_logits, causal_lm).from_config(config, **kwargs)
+
+
+def build_on_meta(
+    config: PretrainedConfig, needs_logits: bool, dtype: torch.dtype | None = None, causal_lm: bool = False,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """The model of ``config`` with every parameter and buffer on the meta device: its structure, no storage and
+    nothing read, for a process that receives its weights from the first one when FSDP shards it
+    (:mod:`hf_pcoh.first_process_loading`)."""
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    with torch.device("meta"):
+        return model_class(config, needs_logits, causal_lm).from_config(config, **kwargs)
 
 
 def release_weights(model: torch.nn.Module) -> None:
@@ -175,6 +200,8 @@ def init_student_from_teacher(
     """
     # Compare the backbones: a student with a classification head prefixes its names (``bert.``...).
     student, teacher = getattr(student, "base_model", student), getattr(teacher, "base_model", teacher)
+    if all(parameter.is_meta for parameter in student.parameters()):
+        return []  # a structure on the meta device: the first process's student, initialised there, is sent to it
     student_layers = getattr(student.config, "num_hidden_layers", None)
     teacher_layers = getattr(teacher.config, "num_hidden_layers", None)
     if layer_map is None and student_layers and teacher_layers:
@@ -211,4 +238,6 @@ def load_processor(name_or_path: str, vision: bool, trust_remote_code: bool, opt
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
+    """The model's parameter count, whole: a ZeRO-3 partition counts as its full tensor (``ds_numel``), an FSDP2
+    DTensor by its global shape."""
+    return sum(getattr(parameter, "ds_numel", None) or parameter.numel() for parameter in model.parameters())

@@ -18,14 +18,27 @@ a CPU training step). Only a non-finite norm, or one this guard was not given, m
 parameter's gradient, to name the bad ones.
 
 Gradients are not checked under fp16 (the Trainer's gradient scaler skips overflowing steps itself and
-lowers its scale: an inf gradient there is routine) nor under DeepSpeed (its engine steps inside
-``backward``); the loss is checked in every case.
+lowers its scale: an inf gradient there is routine); the loss is checked in every case.
+
+**DeepSpeed** steps inside ``accelerator.backward``, before ``on_pre_optimizer_step``, so no callback can come
+between its gradients and its step. Its engine judges the update itself instead: ZeRO stages 1-3 compute the
+global gradient norm before stepping and skip the whole update (weights, moments and schedule untouched,
+gradients dropped) when it is NaN/inf, on every process alike (the norm is all-reduced); bf16 does so with
+``check_grad_overflow`` (DeepSpeed's default), fp16 through its loss scaler. The guard then reads that verdict
+(``accelerator.optimizer_step_was_skipped``) rather than the gradients: ``skip`` counts the skipped update,
+``stop`` checkpoints the untouched weights and stops. A non-finite loss whose gradients all stayed finite
+(a NaN in a term that does not reach the weights) cannot be undone there: the engine applied that finite
+update, and the guard says so in a warning. :func:`deepspeed_guard_problem` refuses the DeepSpeed settings
+under which the engine does not judge (ZeRO stage 0 without fp16, bf16 with ``check_grad_overflow: false``,
+``compute_grad_norm: false``) when the run starts.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +46,8 @@ from transformers import TrainerCallback
 
 from .distributed import any_process
 
+
+logger = logging.getLogger(__name__)
 
 # Stands for "no parameter's gradient is NaN/inf, but their total norm is" in the list of bad gradients.
 OVERFLOWED_NORM = "<total gradient norm>"
@@ -61,8 +76,10 @@ def non_finite_gradients(model: nn.Module) -> list[str]:
 class NonFiniteGuard:
     """What the accumulation window saw, and how many updates in a row were skipped."""
 
-    def __init__(self, check_gradients: bool = True) -> None:
+    def __init__(self, check_gradients: bool = True, engine_skipped_step: Callable[[], bool] | None = None) -> None:
         self.check_gradients = check_gradients
+        # Under DeepSpeed: whether its engine skipped the update it has just judged (already the same everywhere).
+        self.engine_skipped_step = engine_skipped_step
         self.bad_terms: list[str] = []  # the non-finite terms seen in this window, on this process
         self.consecutive_skips = 0
         # The window's total gradient norm as the trainer gave it (a tensor or a number), or None; read only when
@@ -95,6 +112,8 @@ class NonFiniteGuard:
             bad_gradients = [OVERFLOWED_NORM]
         bad_terms, self.bad_terms = sorted(set(self.bad_terms)), []
         loss_bad, gradients_bad = any_process([bool(bad_terms), bool(bad_gradients)], device)
+        if self.engine_skipped_step is not None:
+            return self.engine_verdict(loss_bad, bad_terms)
         if loss_bad:
             where = ", ".join(bad_terms) if bad_terms else "the loss of another process"
             return f"the loss term(s) {where} became NaN/inf"
@@ -107,6 +126,51 @@ class NonFiniteGuard:
             more = f" and {len(bad_gradients) - 1} more" if len(bad_gradients) > 1 else ""
             return f"the gradient of {bad_gradients[0]}{more} became NaN/inf"
         return None
+
+    def engine_verdict(self, loss_bad: bool, bad_terms: list[str]) -> str | None:
+        """DeepSpeed's judgement of the update it has already taken or skipped (see the module docstring)."""
+        where = ", ".join(bad_terms) if bad_terms else "the loss of another process"
+        if self.engine_skipped_step():
+            if loss_bad:
+                return f"the loss term(s) {where} became NaN/inf"
+            return "the gradients became NaN/inf (DeepSpeed's overflow check)"
+        if loss_bad:
+            logger.warning("the loss term(s) %s became NaN/inf but every gradient stayed finite: DeepSpeed applied "
+                           "that update (a term that does not reach the weights?)", where)
+        return None
+
+
+def deepspeed_guard_problem(deepspeed_config: dict) -> str | None:
+    """Why DeepSpeed's engine would let a non-finite update through under ``deepspeed_config`` (one line naming
+    the setting to change), or None."""
+    zero = deepspeed_config.get("zero_optimization", {}) or {}
+    stage = int(zero.get("stage", 0) or 0)
+    fp16 = bool((deepspeed_config.get("fp16") or {}).get("enabled", False))
+    bf16 = deepspeed_config.get("bf16") or deepspeed_config.get("bfloat16") or {}
+    if fp16:
+        return None
+    if stage == 0:
+        return ("DeepSpeed ZeRO stage 0 steps without checking the gradients, so non_finite_loss cannot keep a NaN "
+                "update from the weights: use zero_stage 1, 2 or 3 (or fp16)")
+    if bf16.get("enabled", False) is True and bf16.get("check_grad_overflow", True) is False:
+        return ("DeepSpeed's bf16 check_grad_overflow is false, so non_finite_loss cannot keep a NaN update from the "
+                "weights: drop check_grad_overflow from the DeepSpeed config")
+    if zero.get("compute_grad_norm", True) is False:
+        return ("DeepSpeed's zero_optimization.compute_grad_norm is false, so non_finite_loss cannot keep a NaN "
+                "update from the weights: drop it from the DeepSpeed config")
+    return None
+
+
+def non_finite_guard_for(accelerator: Any, deepspeed: bool) -> NonFiniteGuard:
+    """The guard a run's accelerator calls for: gradients checked here unless fp16's scaler or DeepSpeed's engine
+    judges them (then the engine's verdict is read); DeepSpeed settings without that verdict are refused."""
+    if deepspeed:
+        problem = deepspeed_guard_problem(accelerator.state.deepspeed_plugin.deepspeed_config)
+        if problem is not None:
+            raise ValueError(problem)
+        return NonFiniteGuard(check_gradients=False,
+                              engine_skipped_step=lambda: bool(accelerator.optimizer_step_was_skipped))
+    return NonFiniteGuard(check_gradients=getattr(accelerator, "scaler", None) is None)
 
 
 class NonFiniteCallback(TrainerCallback):

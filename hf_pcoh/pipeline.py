@@ -22,6 +22,7 @@ from .artifacts import EVAL_RESULTS_FILE, write_json
 from .checkpoints import check_checkpoint_files
 from .config import DistillationConfig
 from .data import first_rows
+from .embedding import Embeddings
 from .evaluation import compare_teacher_and_student
 from .evaluation.language_model import evaluate_language_models
 from .hub import publish
@@ -30,6 +31,7 @@ from .output_dir import OutputDirClaim, claim_output_dir
 from .probe_head import fit_head_by_probe, head_accuracy
 from .provenance import write_card, write_layer_table, write_provenance
 from .setup import DistillationSetup, build_setup
+from .sharded_embedding import sharded_teacher_embeddings
 from .sharding import is_sharded_run, whole_model
 from .trainer import DistillationTrainer
 
@@ -67,19 +69,26 @@ def run_steps(config: DistillationConfig, claim: OutputDirClaim) -> Distillation
     setup = build_setup(config)
     # The previous run in output_dir (overwrite_output_dir) goes only once every input is checked.
     trainer, train_metrics = train_student(setup, before_training=claim.clear_previous_run)
-    if is_sharded_run(trainer.accelerator):  # FSDP, ZeRO-3: whole copies on the main process (None elsewhere)
-        student, teacher = save_sharded_student(setup, trainer)
+    evaluates = config.evaluate_after_training and setup.eval_dataset is not None
+    teacher_embeddings = None
+    if is_sharded_run(trainer.accelerator):  # FSDP, ZeRO-3: a whole student on the main process (None elsewhere)
+        student = save_sharded_student(setup, trainer)
+        if evaluates and trainer.teacher is not None:  # the teacher stays sharded: every process embeds a share
+            teacher_embeddings = sharded_teacher_embeddings(setup, trainer.teacher, trainer.args.device)
     else:
-        student, teacher = trainer.accelerator.unwrap_model(trainer.model).student, setup.teacher
+        student = trainer.accelerator.unwrap_model(trainer.model).student
         if config.fit_head_by_probe:
             fit_probe_head(setup, student)
         save_student(trainer)
     evaluation = None
     if trainer.args.should_save:  # one process writes the run's files
-        write_provenance(setup, trainer.accelerator.unwrap_model(trainer.model).terms)
+        # The models and data as the trainer received them (setup's, tagged by build_setup), and its log.
+        write_provenance(setup, trainer.accelerator.unwrap_model(trainer.model).terms, trainer.run_sources,
+                         trainer.state.log_history)
         write_layer_table(setup)
-        if config.evaluate_after_training and setup.eval_dataset is not None and student is not None:
-            evaluation = evaluate_student_against_teacher(setup, student, trainer.args.device, teacher)
+        if evaluates and student is not None:
+            evaluation = evaluate_student_against_teacher(setup, student, trainer.args.device,
+                                                          teacher_embeddings=teacher_embeddings)
             write_json(os.path.join(config.output_dir, EVAL_RESULTS_FILE), evaluation)
         write_card(config.output_dir)
         publish_if_asked(config)
@@ -132,28 +141,24 @@ def save_student(trainer: DistillationTrainer) -> None:
     trainer.save_state()
 
 
-def save_sharded_student(
-    setup: DistillationSetup, trainer: DistillationTrainer
-) -> tuple[PreTrainedModel | None, torch.nn.Module | None]:
+def save_sharded_student(setup: DistillationSetup, trainer: DistillationTrainer) -> PreTrainedModel | None:
     """:func:`fit_probe_head` and :func:`save_student` when FSDP or ZeRO-3 shard the models across processes.
 
-    Every process takes part in gathering whole copies of the trained student (with the heads' state) and,
-    for the evaluation, of the teacher; the main process fits the probe head on its copy and saves it, as
-    ``save_model`` would have. Returns ``(student, teacher)`` on the main process, ``(None, None)`` elsewhere.
+    Every process takes part in gathering a whole copy of the trained student (with the heads' state); the main
+    process fits the probe head on it and saves it, as ``save_model`` would have. The teacher is never gathered:
+    it is what did not fit one device (its evaluation embeddings: :mod:`hf_pcoh.sharded_embedding`). Returns the
+    student on the main process, None elsewhere.
     """
     config = setup.config
     distillation_model = trainer.accelerator.unwrap_model(trainer.model)
     student, state_dict = whole_model(trainer.accelerator, trainer.model_wrapped, distillation_model.student, "student.")
-    teacher = None
-    if config.evaluate_after_training and setup.eval_dataset is not None and setup.teacher is not None:
-        teacher, _ = whole_model(trainer.accelerator, trainer.teacher, setup.teacher)
     if student is not None:
         if config.fit_head_by_probe:
             fit_probe_head(setup, student)
         state_dict.update({f"student.{key}": value for key, value in student.state_dict().items()})
         trainer._save(config.output_dir, state_dict=state_dict)
     trainer.save_state()
-    return student, teacher
+    return student
 
 
 # Held-out texts whose greedy continuations are compared with the teacher's (generation costs the most).
@@ -161,10 +166,13 @@ LM_GENERATION_TEXTS = 200
 
 
 def evaluate_student_against_teacher(
-    setup: DistillationSetup, student: PreTrainedModel, device: Any, teacher: torch.nn.Module | None = None
+    setup: DistillationSetup, student: PreTrainedModel, device: Any, teacher: torch.nn.Module | None = None,
+    teacher_embeddings: dict[str, Embeddings] | None = None,
 ) -> dict[str, Any]:
     """The trained student beside its teacher (``setup.teacher`` unless another copy is given) on the held-out
-    split (and its probe head's accuracy)."""
+    split (and its probe head's accuracy). With ``teacher_embeddings`` (a sharded teacher's,
+    :func:`~hf_pcoh.sharded_embedding.sharded_teacher_embeddings`) the teacher is counted but not run, and a
+    language model's metrics, which run it on this process, are left out."""
     config = setup.config
     evaluation = compare_teacher_and_student(
         teacher=setup.teacher if teacher is None else teacher,
@@ -176,6 +184,7 @@ def evaluate_student_against_teacher(
         input_column=setup.collator.input_column,
         teacher_input_column=setup.collator.teacher_input_column,
         teacher_embedding_column=setup.collator.teacher_embedding_column,
+        teacher_embeddings=teacher_embeddings,
         label_column=setup.collator.label_column,
         modality=setup.modality,
         student_extractor=setup.readout.student_embedding,
@@ -185,7 +194,13 @@ def evaluate_student_against_teacher(
         dataset_name=config.dataset_name,
     )
     teacher = setup.teacher if teacher is None else teacher
-    if config.resolved_task(is_causal_lm(student)) == "causal_lm" and teacher is not None and is_causal_lm(teacher):
+    language_model = (config.resolved_task(is_causal_lm(student)) == "causal_lm" and teacher is not None
+                      and is_causal_lm(teacher))
+    if language_model and teacher_embeddings is not None:
+        logger.warning("the teacher is sharded across processes: the language-model metrics, which run it whole on one "
+                       "process, are not measured (hf_pcoh.evaluation.language_model.evaluate_language_models measures "
+                       "them where it fits)")
+    elif language_model:
         # A language model is measured as one too (perplexity, KL, next-token and greedy agreement), beside the
         # embedding metrics of its pooled features; the card and the summary line report both.
         texts = list(setup.eval_dataset[setup.collator.input_column])

@@ -66,6 +66,12 @@ class FeatureReadout:
                              else teacher[-1])):
             object.__setattr__(self, name, value)
 
+    @property
+    def teacher_extractors_read(self) -> tuple[FeatureExtractor, ...]:
+        """Every way the run reads the teacher: each pair's extractor, then the embedding measured (a sharded
+        teacher is prepared for all of them, :func:`hf_pcoh.frozen_teacher.cut_for_layers`)."""
+        return (*self.teacher_extractors, self.teacher_embedding)
+
     def describe(self) -> dict[str, Any]:
         """The ``embedding`` entry of ``distillation_config.json``: the embedding measured and how it is made."""
         return {

@@ -5,7 +5,8 @@ features are read from both models.
 (:mod:`hf_pcoh.setup_data`), the models, their processors and the collator (:mod:`hf_pcoh.setup_models`), then the
 run's :class:`~hf_pcoh.readout.FeatureReadout` (with ``teacher_layers: auto`` the teacher layers are chosen here,
 by knowledge quality) and, with ``teacher_cache``, the cached teacher features (:mod:`hf_pcoh.setup_steps`). The
-config is read, never changed.
+config is read, never changed. The models and the training set are tagged with the config's names for them
+(:mod:`hf_pcoh.run_sources`), which the trainer records and the model card tells.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .data import first_rows
 from .models import is_causal_lm, is_vision_config
 from .precomputed_teacher import check_teacher_embeddings
 from .readout import FeatureReadout, resolve_readout
+from .run_sources import config_data_source, config_model_source, mark_source, received_data_source
 from .setup_data import (
     check_length_sampling,
     count_labels,
@@ -61,6 +63,7 @@ def build_setup(config: DistillationConfig) -> DistillationSetup:
     clear message."""
     inputs = build_run_inputs(config)
     train = inputs.train_dataset
+    data_source = received_data_source(train)  # the config's data set, with its columns before tokenising
     check_length_sampling(config, inputs.modality == "vision")
     if inputs.modality == "text" and isinstance(train, Dataset):
         train = tokenized_training_set(config, inputs.collator, train)
@@ -69,8 +72,9 @@ def build_setup(config: DistillationConfig) -> DistillationSetup:
     readout = resolve_readout(config, inputs.teacher, choose_teacher_layers=choose)
     if config.teacher_cache:
         train = with_cached_teacher_features(config, inputs.teacher, inputs.collator, train, readout.teacher_extractors)
-    return DistillationSetup(config, inputs.teacher, inputs.student, inputs.collator, train, inputs.eval_dataset,
-                             inputs.modality, readout)
+    # The trainer names what it is given by these tags (hf_pcoh.run_sources): the config's data, not "in-memory" data.
+    return DistillationSetup(config, inputs.teacher, inputs.student, inputs.collator, mark_source(train, data_source),
+                             inputs.eval_dataset, inputs.modality, readout)
 
 
 def build_run_inputs(config: DistillationConfig) -> RunInputs:
@@ -103,4 +107,8 @@ def build_run_inputs(config: DistillationConfig) -> RunInputs:
         check_image_channels("student", student, student_processor, example_image)
     collator = build_collator(config, student_processor, teacher_processor, list(train.column_names), vision,
                               causal_lm=config.resolved_task(is_causal_lm(student)) == "causal_lm")
-    return RunInputs(config, teacher, student, collator, train, evaluation, collator.modality)
+    if teacher is not None:
+        mark_source(teacher, config_model_source(config, "teacher"))
+    mark_source(student, config_model_source(config, "student"))
+    return RunInputs(config, teacher, student, collator, mark_source(train, config_data_source(config, train)),
+                     evaluation, collator.modality)

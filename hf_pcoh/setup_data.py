@@ -8,6 +8,7 @@ length-grouped sampler applies, and the training texts tokenised once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 # Rows of a streamed evaluation split read for evaluation when max_eval_samples does not say.
 STREAMED_EVAL_ROWS = 1000
+# The columns taken as the input when no option names one, in this order (a prompt/completion set: the completion,
+# which a language-model student reads after its prompt).
+TEXT_COLUMNS = ("text", "sentence", "content", "completion")
+IMAGE_COLUMNS = ("image", "img", "pixel_values")
 
 
 def load_config_splits(config: DistillationConfig) -> DatasetDict | IterableDatasetDict:
@@ -49,30 +54,64 @@ def encode_string_labels(config: DistillationConfig, splits: DatasetDict) -> Dat
     if column not in first.column_names:
         return splits
     if isinstance(splits, IterableDatasetDict):
-        if getattr(first.features[column], "dtype", None) in ("string", "large_string"):
+        if is_text_feature(first.features[column]):
             raise ValueError(f"label_column={column!r} of {config.dataset_name} holds class names, which a streamed data "
                              "set cannot map to class ids before reading all of it: drop --streaming, or store class "
                              "ids (a ClassLabel or integers) in the column")
         return splits
-    for name, split in splits.items():
-        missing = split.data.column(column).null_count
+    encoded = labels_as_class_ids(dict(splits), column, lambda name: f"split {name!r} of {config.dataset_name}")
+    return DatasetDict(encoded)
+
+
+def is_text_feature(feature: object) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def labels_as_class_ids(splits: dict[str, Dataset], column: str, where: Callable[[str], str]) -> dict[str, Dataset]:
+    """Class names in ``column`` become the same class ids in every split that has it: a ``ClassLabel`` of the
+    sorted names of all of them, or of the ``ClassLabel`` a split already declares (a name it lacks is refused).
+    Rows without a label are refused, naming how many; ``where(name)`` says which split a message is about."""
+    labelled = {name: split for name, split in splits.items() if column in split.column_names}
+    for name, split in labelled.items():
+        missing = arrow_column(split, column).null_count
         if missing:
-            raise ValueError(f"split {name!r} of {config.dataset_name}: {missing} row(s) have no label (None) in "
-                             f"label_column={column!r}: drop them (dataset.filter) or give another label_column")
-    feature = first.features[column]
-    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise ValueError(f"{where(name)}: {missing} row(s) have no label (None) in label_column={column!r}: drop "
+                             "them (dataset.filter) or give another label_column")
+    named = [name for name, split in labelled.items() if is_text_feature(split.features[column])]
+    if not named:
         return splits
-    names = sorted({value for split in splits.values() for value in split.unique(column)})
-    logger.info("label_column %r holds class names: mapped to %d class ids in sorted order (%s)", column, len(names),
-                ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
-    labels = ClassLabel(names=names)
-    return DatasetDict({name: split.cast_column(column, labels) for name, split in splits.items()})
+    declared = [(name, split.features[column]) for name, split in labelled.items()
+                if isinstance(split.features[column], ClassLabel)]
+    found = {name: set(pc.unique(arrow_column(labelled[name], column)).to_pylist()) for name in named}
+    if declared:
+        declared_name, labels = declared[0]
+        for name, values in found.items():
+            unknown = sorted(values - set(labels.names))
+            if unknown:
+                raise ValueError(f"{where(name)}: label_column={column!r} holds class names that the ClassLabel of "
+                                 f"{where(declared_name)} lacks: {unknown[:5]}; give both the same classes")
+    else:
+        names = sorted(set().union(*found.values()))
+        logger.info("label_column %r holds class names: mapped to %d class ids in sorted order (%s)", column,
+                    len(names), ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
+        labels = ClassLabel(names=names)
+    return {name: split.cast_column(column, labels) if name in named else split for name, split in splits.items()}
+
+
+def arrow_column(dataset: Dataset, column: str) -> pa.ChunkedArray:
+    """``column`` of ``dataset`` as Arrow, its own rows only: a ``select`` or ``filter`` keeps the whole table under
+    an index of the rows kept."""
+    return dataset.select_columns([column]).with_format("arrow")[:].column(column)
 
 
 def check_texts(config: DistillationConfig, split_name: str, dataset: Dataset, column: str) -> None:
     """The text column holds strings, none missing, not all blank; else one line naming split, column and fix."""
-    values = dataset.data.column(column)  # the whole split, as Arrow: no Python strings are made
-    where = f"split {split_name!r} of {config.dataset_name}, text_column={column!r}"
+    check_text_column(f"split {split_name!r} of {config.dataset_name}, text_column={column!r}", dataset, column)
+
+
+def check_text_column(where: str, dataset: Dataset, column: str) -> None:
+    """:func:`check_texts` of one column, ``where`` naming it in the message."""
+    values = arrow_column(dataset, column)  # the whole split, as Arrow: no Python strings are made
     if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
         raise ValueError(f"{where} holds {values.type}, not text: name the column of raw text with --text_column")
     if values.null_count:
@@ -148,8 +187,7 @@ def choose_input_column(config: DistillationConfig, columns: list[str], vision: 
         if given not in columns:
             raise ValueError(f"{option}={given!r} is not a column of {config.dataset_name} (columns: {columns})")
         return given
-    # (a prompt/completion set: the completion, which a language-model student reads after its prompt)
-    for candidate in (("image", "img", "pixel_values") if vision else ("text", "sentence", "content", "completion")):
+    for candidate in IMAGE_COLUMNS if vision else TEXT_COLUMNS:
         if candidate in columns:
             return candidate
     raise ValueError(f"{config.dataset_name} has no obvious {'image' if vision else 'text'} column (columns: {columns}); "

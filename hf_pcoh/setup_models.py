@@ -17,6 +17,7 @@ from transformers import AutoConfig, PreTrainedModel
 from .collator import COMPLETION_COLUMN, PROMPT_COLUMN, DistillationCollator, cached_feature_column, process
 from .config import DistillationConfig
 from .data.sources import column_names
+from .first_process_loading import first_process_or_meta
 from .models import (
     build_from_config,
     config_from_dict,
@@ -60,28 +61,33 @@ def teacher_is_causal_lm(config: DistillationConfig) -> bool:
 def build_teacher(config: DistillationConfig, num_labels: int | None, causal_lm: bool | None = None) -> PreTrainedModel:
     """The teacher from its checkpoint (with ``teacher_model_init_kwargs``) or its config, its weights in
     ``teacher_dtype`` (``auto``: the checkpoint's own; a teacher built from a config: float32); with its
-    language-model head when ``causal_lm`` (default: :func:`teacher_is_causal_lm`)."""
+    language-model head when ``causal_lm`` (default: :func:`teacher_is_causal_lm`). Under FSDP2's
+    ``cpu_ram_efficient_loading`` only the first process reads or builds its weights
+    (:mod:`hf_pcoh.first_process_loading`)."""
     teacher_logits, _ = needs_logits(config)
     dtype = weights_dtype(config.teacher_dtype)
     causal_lm = teacher_is_causal_lm(config) if causal_lm is None else causal_lm
     if config.teacher_model_name_or_path:
-        return load_pretrained("teacher", config.teacher_model_name_or_path, teacher_logits, config.trust_remote_code,
-                               num_labels, dtype=dtype, init_kwargs=config.teacher_model_init_kwargs,
-                               causal_lm=causal_lm)
-    return build_from_config(config_from_dict(config.teacher_config), teacher_logits, num_labels, dtype=dtype,
-                             causal_lm=causal_lm)
+        return first_process_or_meta(config, lambda weights: load_pretrained(
+            "teacher", config.teacher_model_name_or_path, teacher_logits, config.trust_remote_code, num_labels,
+            dtype=dtype, init_kwargs=config.teacher_model_init_kwargs, causal_lm=causal_lm, weights=weights))
+    return first_process_or_meta(config, lambda weights: build_from_config(
+        config_from_dict(config.teacher_config), teacher_logits, num_labels, dtype=dtype, causal_lm=causal_lm,
+        weights=weights))
 
 
 def build_student(
     config: DistillationConfig, teacher: PreTrainedModel | None, num_labels: int | None, causal_lm: bool | None = None
 ) -> PreTrainedModel:
     """The student from its checkpoint or its config (overriding the teacher's), with a language-model head when
-    ``causal_lm`` (default: :func:`planned_task`), else with a classification head when an objective needs logits."""
+    ``causal_lm`` (default: :func:`planned_task`), else with a classification head when an objective needs logits;
+    read or built on the first process only under FSDP2's ``cpu_ram_efficient_loading``, as the teacher."""
     _, student_logits = needs_logits(config)
     causal_lm = planned_task(config) == "causal_lm" if causal_lm is None else causal_lm
     if config.student_model_name_or_path:
-        return load_pretrained("student", config.student_model_name_or_path, student_logits, config.trust_remote_code,
-                               num_labels, causal_lm=causal_lm)
+        return first_process_or_meta(config, lambda weights: load_pretrained(
+            "student", config.student_model_name_or_path, student_logits, config.trust_remote_code, num_labels,
+            init_kwargs=config.model_init_kwargs, causal_lm=causal_lm, weights=weights))
     if teacher is None and "model_type" not in config.student_config:
         raise ValueError(f"student_config={config.student_config} overrides the teacher's config, but no teacher is "
                          "loaded (teacher_embedding_column): give a full config with 'model_type', or "
@@ -91,10 +97,14 @@ def build_student(
         # The student's weights train in float32 (the Trainer's --bf16 / --fp16 autocast them): it never takes the
         # teacher's dtype (teacher_dtype, a float16 checkpoint's) with the teacher's config.
         student_config.dtype = torch.get_default_dtype()
-    student = build_from_config(student_config, student_logits, num_labels, causal_lm=causal_lm)
-    if config.student_init_from_teacher:
-        init_student_from_teacher(student, teacher, config.student_init_layer_map)
-    return student
+
+    def build(weights: bool) -> PreTrainedModel:
+        student = build_from_config(student_config, student_logits, num_labels, causal_lm=causal_lm, weights=weights)
+        if config.student_init_from_teacher and weights:
+            init_student_from_teacher(student, teacher, config.student_init_layer_map)
+        return student
+
+    return first_process_or_meta(config, build)
 
 
 def build_processors(config: DistillationConfig, teacher: PreTrainedModel | None, student: PreTrainedModel, vision: bool):
@@ -221,15 +231,19 @@ def build_trainer_inputs(
         config.check_models_given(student=False)
         teacher = build_teacher(config, None, causal_lm=lm_teacher)
     elif isinstance(teacher, str):
-        teacher = load_pretrained("teacher", teacher, teacher_logits, config.trust_remote_code,
-                                  dtype=weights_dtype(config.teacher_dtype),
-                                  init_kwargs=config.teacher_model_init_kwargs, causal_lm=lm_teacher)
+        teacher_path = teacher
+        teacher = first_process_or_meta(config, lambda weights: load_pretrained(
+            "teacher", teacher_path, teacher_logits, config.trust_remote_code,
+            dtype=weights_dtype(config.teacher_dtype), init_kwargs=config.teacher_model_init_kwargs, causal_lm=lm_teacher,
+            weights=weights))
     if student is None:
         config.check_models_given(teacher=False)
         student = build_student(config, teacher, None, causal_lm=task == "causal_lm")
     elif isinstance(student, str):
-        student = load_pretrained("student", student, student_logits, config.trust_remote_code,
-                                  causal_lm=task == "causal_lm")
+        student_path = student
+        student = first_process_or_meta(config, lambda weights: load_pretrained(
+            "student", student_path, student_logits, config.trust_remote_code,
+            init_kwargs=config.model_init_kwargs, causal_lm=task == "causal_lm", weights=weights))
     if collator is not None:
         return student, None if released else teacher, collator
     vision = is_vision_config((student if teacher is None else teacher).config)

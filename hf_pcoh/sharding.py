@@ -3,9 +3,11 @@
 Under FSDP or DeepSpeed ZeRO-3 the accelerator shards the trainable :class:`DistillationModel`; the
 frozen teacher is not part of it, so it is prepared here the way TRL prepares its reference and teacher
 models (``trl.models.utils.prepare_fsdp`` / ``prepare_deepspeed``): FSDP units of its own blocks, or a
-DeepSpeed inference engine. A sharded model runs only when every process calls it together, and its
-parameters are pieces; :func:`whole_model` gathers a plain copy for the steps that run on one process
-(evaluation, the probe head).
+DeepSpeed inference engine; under FSDP2 only the part of the teacher the run reads is sharded (a view cut
+after the deepest layer read). A sharded model runs only when every process calls it together, and its
+parameters are pieces; :func:`whole_model` gathers a plain copy of the student for the steps that run on one
+process (saving, the probe head, the evaluation). The teacher is never gathered: it is what did not fit one
+device, and its evaluation embeddings are computed sharded (:mod:`hf_pcoh.sharded_embedding`).
 
 DeepSpeed is imported only when a run uses it (it is not a dependency); its paths are untested on CPU.
 """
@@ -22,14 +24,21 @@ from torch import nn
 from transformers import PreTrainedModel
 
 
-def shard_frozen_model(model: nn.Module, accelerator: Any) -> nn.Module:
+def shard_frozen_model(model: nn.Module, accelerator: Any, running_part: nn.Module | None = None) -> nn.Module:
     """``model`` (frozen, eval mode) in FSDP units of its own blocks, with the run's FSDP plugin settings.
+
+    ``running_part``: the part of ``model`` the run runs, a view of it cut after the deepest layer read
+    (:func:`hf_pcoh.frozen_teacher.cut_for_layers`); under FSDP2 that view is what is sharded and returned, so the
+    blocks after it are never wrapped, moved to the device or run. FSDP1 (untested here: it does not run on CPU)
+    shards ``model`` whole, as before.
 
     The plugin's auto-wrap policy is resolved against the first model it sees and then kept; the
     student must find its own block classes, so the teacher is wrapped with its ``_no_split_modules``
     and the plugin left as it was.
     """
     plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version == 2 and running_part is not None:
+        model = running_part
     saved_policy = plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap
     plugin.transformer_cls_names_to_wrap = None  # the teacher's blocks, not the classes named for the student
     try:
@@ -38,6 +47,7 @@ def shard_frozen_model(model: nn.Module, accelerator: Any) -> nn.Module:
 
             plugin.transformer_cls_names_to_wrap = blocks_without_input_embeddings(model)
             model = fsdp2_prepare_model(accelerator, model)
+            keep_recording_outputs(model)
             # Its root and last units stay gathered after forward until backward reshards them; a teacher
             # has no backward, so every unit reshards after its forward.
             model.set_reshard_after_forward(True)
@@ -63,6 +73,25 @@ def shard_frozen_model(model: nn.Module, accelerator: Any) -> nn.Module:
     finally:
         plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = saved_policy
     return model.eval()
+
+
+def keep_recording_outputs(model: nn.Module) -> None:
+    """Let the models inside ``model`` whose class FSDP2 swapped (``FSDP<Class>``) still record hidden states.
+
+    A model that records them by hooks (transformers' ``capture_outputs``) looks up what it records by the name of
+    its class; the swapped class has nothing registered, so ``output_hidden_states=True`` would give no hidden states.
+    """
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # another transformers: nothing looked up by class
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule) and isinstance(module, PreTrainedModel):
+            recorded = dict.get(_CAN_RECORD_REGISTRY, str(plain_class(module)))
+            if recorded:
+                _CAN_RECORD_REGISTRY[module] = recorded
 
 
 def blocks_without_input_embeddings(model: nn.Module) -> list[str]:
@@ -102,7 +131,8 @@ def deepspeed_inference_engine(model: PreTrainedModel, accelerator: Any) -> nn.M
     if stage != 3:
         config["zero_optimization"]["stage"] = 0
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval() returns None, unlike nn.Module.eval()
+    return engine
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -169,7 +199,10 @@ def whole_model(
 
     ``prefix`` is ``part``'s key prefix in that state dict (``"student."`` for a DistillationModel).
     """
-    state_dict = accelerator.get_state_dict(prepared)  # full on the main process only
+    if zero3_without_16bit_gather(accelerator):
+        state_dict = zero3_state_dict_by_parameter(accelerator, prepared)
+    else:
+        state_dict = accelerator.get_state_dict(prepared)  # full on the main process only
     if not accelerator.is_main_process:
         return None, None
     own_state = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
@@ -188,3 +221,35 @@ def whole_model(
     if missing:
         raise RuntimeError(f"the gathered state dict of {type(whole).__name__} lacks {missing}")
     return whole.to(accelerator.device).eval(), state_dict
+
+
+def zero3_without_16bit_gather(accelerator: Any) -> bool:
+    """ZeRO-3 whose config leaves ``stage3_gather_16bit_weights_on_model_save`` off (accelerate's
+    ``get_state_dict`` then refuses to gather, although the student is small enough to be saved whole)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        return False
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    return str(zero.get("stage3_gather_16bit_weights_on_model_save", False)).lower() != "true"
+
+
+def zero3_state_dict_by_parameter(accelerator: Any, prepared: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full state dict of a ZeRO-3 model, gathered one parameter at a time (DeepSpeed's
+    ``GatheredParameters``), kept on the main process (None elsewhere): at most one whole parameter beyond its
+    partition on any process at once. Every process must call it."""
+    import deepspeed  # only where the run uses DeepSpeed
+
+    module = accelerator.unwrap_model(prepared)
+    keep = accelerator.is_main_process
+    state: dict[str, torch.Tensor] = {}
+    for name, parameter in module.named_parameters():
+        with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
+            if keep:
+                state[name] = parameter.detach().to("cpu", copy=True)
+    if not keep:
+        return None
+    buffers = {name: buffer for name, buffer in module.named_buffers()}
+    for name in module.state_dict().keys():
+        if name not in state and name in buffers:  # persistent buffers: whole on every process
+            state[name] = buffers[name].detach().to("cpu", copy=True)
+    return state

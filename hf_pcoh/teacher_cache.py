@@ -21,7 +21,9 @@ pass, so a long pass no longer runs into ``ddp_timeout``. The processes that sha
 each node's with ``save_on_each_node`` (nodes without shared storage). A process whose teacher is not whole (left
 on the meta device by FSDP's ``cpu_ram_efficient_loading``, partitioned by ZeRO-3) computes no share.
 
-``--teacher_cache auto`` decides whether a run caches: :mod:`hf_pcoh.teacher_cache_auto`.
+``--teacher_cache auto`` decides whether a run caches: :mod:`hf_pcoh.teacher_cache_auto`. Each cache keeps a record
+of its teacher, layers, rows and date, which ``hf-pcoh cache list`` shows and ``hf-pcoh cache clear`` chooses by
+(:mod:`hf_pcoh.teacher_cache_store`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from .collator import CACHED_LOGITS_COLUMN, cached_feature_column, process
 from .distributed import world_size
 from .features import FeatureExtractor
 from .frozen_teacher import run_teacher
+from .run_sources import model_label
+from .teacher_cache_store import cache_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +196,14 @@ def teacher_feature_rows(
     return cached if order is None else cached.select(np.argsort(order))  # back to the dataset's order
 
 
-def save_atomically(dataset: Dataset, target: str) -> None:
-    """``dataset`` saved as ``target``, replacing whatever was there; an interrupted save never leaves a half-written
-    folder under that name."""
+def save_atomically(dataset: Dataset, target: str, record: dict[str, Any] | None = None) -> None:
+    """``dataset`` saved as ``target`` (with the cache's ``record`` inside), replacing whatever was there; an
+    interrupted save never leaves a half-written folder under that name."""
     partial = f"{target}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     dataset.save_to_disk(partial)
+    if record is not None:
+        write_record(partial, record)
     if os.path.lexists(target):
         remove_cache(target)
     os.replace(partial, target)
@@ -207,10 +213,10 @@ def shard_folder(target: str, index: int, count: int) -> str:
     return os.path.join(f"{target}.shards", f"{index:05d}-of-{count:05d}")
 
 
-def merge_shards(target: str, count: int) -> None:
+def merge_shards(target: str, count: int, record: dict[str, Any] | None = None) -> None:
     """The ``count`` shares of the rows, in order, saved as the cache ``target``; the shares then removed."""
     shares = [datasets.load_from_disk(shard_folder(target, index, count)) for index in range(count)]
-    save_atomically(datasets.concatenate_datasets(shares), target)
+    save_atomically(datasets.concatenate_datasets(shares), target, record)
     del shares
     shutil.rmtree(f"{target}.shards", ignore_errors=True)
 
@@ -255,6 +261,8 @@ def add_cached_teacher_features(
                          "or ZeRO-3 left them partitioned), so none can run it over the training rows: drop "
                          "--teacher_cache, or load the teacher whole on at least one process")
     share = workers.share(len(dataset))
+    record = cache_record(fingerprint, model_label(teacher), [extractor.layer for extractor in extractors],
+                          [extractor.pooling for extractor in extractors], len(dataset), with_logits)
     if workers.alone and world_size() > 1 and workers.rank == workers.merger:
         logger.warning("teacher_cache: only process %d holds the teacher's whole weights, so it computes every row "
                        "while the others wait (under ddp_timeout)", workers.rank)
@@ -267,7 +275,10 @@ def add_cached_teacher_features(
                                         with_logits, device, batch_size, autocast_dtype,
                                         f"{fingerprint}-{share.start}-{share.stop}")
         index, count = workers.computing.index(workers.rank), len(workers.computing)
-        save_atomically(features, target if workers.alone else shard_folder(target, index, count))
+        if workers.alone:
+            save_atomically(features, target, record)
+        else:
+            save_atomically(features, shard_folder(target, index, count))
 
     began = time.perf_counter()
     computed = run_then_wait(compute_share, "computing a share of the teacher's features")  # the pass's only wait
@@ -275,7 +286,7 @@ def add_cached_teacher_features(
                 "%.1f s for the other shares, into %s", workers.rank, len(share), share.start, share.stop - 1,
                 len(dataset), computed, time.perf_counter() - began - computed, target)
     merges = not workers.alone and workers.rank == workers.merger
-    run_then_wait(lambda: merge_shards(target, len(workers.computing)) if merges else None, "merging the shares")
+    run_then_wait(lambda: merge_shards(target, len(workers.computing), record) if merges else None, "merging the shares")
     cached, problem = read_cache(target, len(dataset), columns)
     if cached is None:
         raise RuntimeError(f"teacher_cache: the cache {target} just written cannot be read ({problem})")

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 from datasets import Dataset
@@ -33,6 +32,7 @@ from .features import FeatureExtractor
 from .frozen_teacher import run_teacher
 from .models import count_parameters
 from .teacher_cache import CacheWorkers, cache_workers, from_main_process, teacher_is_whole
+from .teacher_cache_store import auto_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,6 @@ AUTO_CACHE = "auto"  # teacher_cache: auto
 SAFE_TIMEOUT_FRACTION = 0.5  # auto caches when a process's share of the pass takes less than this x ddp_timeout
 PROBE_ROWS = 16  # rows of the batch the teacher's rate is timed on
 TOKEN_SAMPLE_ROWS = 1000  # rows whose tokens are counted to estimate the training set's
-
-
-def auto_cache_dir() -> str:
-    """Where ``teacher_cache: auto`` keeps the features: beside datasets' own cache (``HF_DATASETS_CACHE``)."""
-    return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "hf_pcoh_teacher_features")
 
 
 def available_memory() -> int | None:

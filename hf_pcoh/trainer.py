@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
-from .artifacts import DISTILLATION_CONFIG_FILE, HEADS_FILE, TEACHER_PROCESSOR_DIR
+from .artifacts import HEADS_FILE, TEACHER_PROCESSOR_DIR
 from .checkpoints import earlier_checkpoint_advice, load_distillation_checkpoint, rescale_learning_rate
 from .collator import CACHED_FEATURES_KEY, CACHED_LOGITS_KEY, DistillationCollator
 from .config import DistillationConfig
@@ -42,21 +42,23 @@ from .distributed import any_process
 from .embedding import embed
 from .evaluation import agreement_metrics
 from .features import FeatureExtractor, Features
-from .frozen_teacher import run_teacher  # the teacher forward of every step, only as deep as needed
-from .non_finite import NonFiniteCallback, NonFiniteGuard, NonFiniteLossError, UnusableWeightsError, skip_next_optimizer_step
+from .frozen_teacher import as_read_from_whole, cut_for_layers, run_teacher  # only as deep as needed
+from .non_finite import (
+    NonFiniteCallback, NonFiniteLossError, UnusableWeightsError, non_finite_guard_for, skip_next_optimizer_step,
+)
 from .precomputed_teacher import precomputed_embeddings
-from .provenance import write_card, write_provenance
 from .readout import FeatureReadout, resolve_readout
+from .run_sources import received_sources
 from .sentence_embedding import save_student_as_sentence_transformer
-from .setup import DistillationSetup
-from .setup_data import check_steps_to_train
-from .setup_models import build_trainer_inputs
 from .sharding import (
     deepspeed_inference_engine,
     materialize_meta_tensors,
     shard_frozen_model,
     whole_parameters_under_zero3,
 )
+from .token_accumulation import TokenAccumulation
+from .trainer_hub import push_with_card, write_trainer_card
+from .trainer_inputs import one_of, resolve_trainer_inputs
 from .weights import weight_problem
 
 logger = logging.getLogger(__name__)
@@ -65,15 +67,18 @@ logger = logging.getLogger(__name__)
 EVAL_REFERENCE_SAMPLES = 1000
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(TokenAccumulation, Trainer):
     """Distil the teacher into the student on the terms of a :class:`DistillationConfig`.
 
-    Shaped like TRL's trainers: ``model`` (the student) and ``teacher_model`` are model objects, or local
-    folders / Hub ids to load (default: the config's ``student_*`` / ``teacher_*`` options);
-    ``data_collator`` is built from the data set's text or image column when not given, with
-    ``processing_class`` as the student's processor. ``student=``, ``teacher=`` and ``collator=`` are the
-    same arguments under their earlier names. With ``teacher_embedding_column`` in the config and no
-    ``teacher_model``, no teacher is loaded: its embeddings are read from that column of the data set.
+    Shaped like TRL's trainers: ``model`` (the student) and ``teacher_model`` are model objects, or folders / Hub ids
+    loaded with ``model_init_kwargs`` / ``teacher_model_init_kwargs`` (default: the config's ``student_*`` /
+    ``teacher_*`` options); ``args=None`` is ``DistillationConfig``'s defaults, saved to ``<student name>-Distill``;
+    the rest is keyword-only. Without ``data_collator``, one is built for the data's text or image column with
+    ``processing_class`` as the student's processor, class names in its label column made class ids as the command
+    line makes them. ``peft_config`` wraps the student with peft's ``get_peft_model``. ``student=``, ``teacher=``,
+    ``collator=``: earlier names. With ``teacher_embedding_column`` and no ``teacher_model`` no teacher is loaded.
+    Unlike TRL's: feature losses, no on-policy generation, no predictions for ``compute_metrics``, no resume of a
+    peft student (README, "From TRL").
     ``readout`` says how features are read (:class:`~hf_pcoh.readout.FeatureReadout`, ``setup.readout`` of
     :func:`~hf_pcoh.setup.build_setup`); without it, it is resolved from ``args`` and the teacher.
 
@@ -92,29 +97,28 @@ class DistillationTrainer(Trainer):
         model: PreTrainedModel | str | None = None,
         teacher_model: PreTrainedModel | str | None = None,
         args: DistillationConfig | None = None,
+        *,
+        data_collator: DistillationCollator | None = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
         processing_class: Any = None,
-        data_collator: DistillationCollator | None = None,
-        *,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        peft_config: Any = None,
         student: PreTrainedModel | str | None = None,
         teacher: PreTrainedModel | str | None = None,
         collator: DistillationCollator | None = None,
         readout: FeatureReadout | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(args, DistillationConfig):
-            raise ValueError(f"args must be a DistillationConfig (output_dir, layers, losses...), got {type(args).__name__}")
-        if train_dataset is None:
-            raise ValueError("train_dataset is required: distillation sizes its losses on two training rows")
-        student = one_of("model", model, "student", student)
-        teacher = one_of("teacher_model", teacher_model, "teacher", teacher)
-        collator = one_of("data_collator", data_collator, "collator", collator)
         # Folders and Hub ids are loaded, models missing built from the config, the collator built for the data.
-        student, teacher, collator = build_trainer_inputs(args, student, teacher, train_dataset, processing_class,
-                                                          collator)
-        if hasattr(train_dataset, "__len__"):
-            check_steps_to_train(args, len(train_dataset))
+        model, teacher = one_of("model", model, "student", student), one_of("teacher_model", teacher_model, "teacher", teacher)
+        inputs = resolve_trainer_inputs(args, model, teacher, one_of("data_collator", data_collator, "collator", collator),
+                                        train_dataset, eval_dataset, processing_class, peft_config)
+        # Where the models and data came from, as given (the model card tells it: hf_pcoh.run_sources).
+        self.run_sources = received_sources(inputs.args, model, teacher, train_dataset)
+        args, student, teacher, collator = inputs.args, inputs.student, inputs.teacher, inputs.collator
+        train_dataset, eval_dataset = inputs.train_dataset, inputs.eval_dataset
         head_random_state = torch.random.get_rng_state()  # the heads' first weights: the caller's random state
         self.distillation_collator = collator
         # Read before the accelerator wraps the teacher (its files, its name_or_path).
@@ -124,18 +128,18 @@ class DistillationTrainer(Trainer):
         model = DistillationModel(student, self.readout.student_extractors, {}, [], args.ce_weight, None,
                                   args.logit_kd_weight)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=collator.student_processor, **kwargs)
+                         eval_dataset=eval_dataset, processing_class=collator.student_processor, callbacks=callbacks,
+                         optimizers=optimizers, **kwargs)
         self.teacher = self.prepare_teacher(teacher)
         with torch.random.fork_rng(devices=[]):
             torch.random.set_rng_state(head_random_state)
             probe = self.probe_features(model.student, model.student_extractors, train_dataset)
-            add_distillation_terms(model, args, self.readout, probe)
+            add_distillation_terms(model, args, self.readout, probe, self.accelerator)
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
         self.last_terms: dict[str, torch.Tensor] = {}
-        # fp16's gradient scaler skips overflowing steps itself; DeepSpeed steps inside backward (hf_pcoh.non_finite).
-        scaler = getattr(self.accelerator, "scaler", None)
-        self.non_finite_guard = NonFiniteGuard(check_gradients=scaler is None and not self.is_deepspeed_enabled)
+        # fp16's gradient scaler skips overflowing steps itself; DeepSpeed's engine judges its own (hf_pcoh.non_finite).
+        self.non_finite_guard = non_finite_guard_for(self.accelerator, self.is_deepspeed_enabled)
         self.add_callback(NonFiniteCallback(self.guard_update))
         self.term_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self.term_counts: dict[str, int] = {"train": 0, "eval": 0}
@@ -144,15 +148,16 @@ class DistillationTrainer(Trainer):
     # ---- building ----------------------------------------------------------------------------------
     def prepare_teacher(self, teacher: PreTrainedModel | None) -> nn.Module | None:
         """The frozen teacher, sharded like the student (as TRL's distillation trainers prepare theirs): a DeepSpeed
-        inference engine under DeepSpeed (ZeRO-3 partitions it), FSDP units of its own blocks under FSDP; else
-        whole on this process's device, with no DDP wrapper (``teacher_forward`` gives it the mixed precision)."""
+        inference engine under DeepSpeed (ZeRO-3 partitions it), FSDP units of its blocks under FSDP (under FSDP2 only
+        up to the deepest layer the run reads: ``cut_for_layers``); else whole on this device, with no DDP wrapper."""
         if teacher is None:  # its embeddings are precomputed (teacher_embedding_column)
             return None
         teacher = teacher.eval().requires_grad_(False)
         if self.is_deepspeed_enabled:
             return deepspeed_inference_engine(teacher, self.accelerator)
         if self.is_fsdp_enabled:
-            return shard_frozen_model(teacher, self.accelerator)
+            running_part = cut_for_layers(teacher, self.readout.teacher_extractors_read)  # to the deepest layer read
+            return shard_frozen_model(teacher, self.accelerator, running_part)
         return teacher.to(self.accelerator.device)
 
     def probe_features(
@@ -167,7 +172,7 @@ class DistillationTrainer(Trainer):
         if len(rows) < 2:
             raise ValueError(f"the training set has {len(rows)} rows; distillation needs at least 2")
         batch = self.distillation_collator([rows[i] for i in range(2)])
-        student_device = next(parameter.device for parameter in student.parameters() if not parameter.is_meta)
+        student_device = next((p.device for p in student.parameters() if not p.is_meta), self.args.device)
         materialize_meta_tensors(student, student_device)
         student_inputs = {name: tensor.to(student_device) for name, tensor in batch["student_inputs"].items()}
         student_was_training = student.training
@@ -213,12 +218,10 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, DistillationOutput]:
         teacher_features, teacher_logits = self.teacher_forward(inputs)
-        output = model(
-            student_inputs=inputs["student_inputs"],
-            teacher_features=teacher_features,
-            labels=inputs.get("labels"),
-            teacher_logits=teacher_logits,
-        )
+        # Token terms over the target tokens of the whole accumulated batch (hf_pcoh.token_accumulation).
+        output = model(student_inputs=inputs["student_inputs"], teacher_features=teacher_features,
+                       labels=inputs.get("labels"), teacher_logits=teacher_logits,
+                       target_tokens_per_micro_batch=self.target_tokens_per_micro_batch(num_items_in_batch))
         self.record_terms("train" if model.training else "eval", output.terms)
         self.last_terms = output.terms
         return (output.loss, output) if return_outputs else output.loss
@@ -318,7 +321,7 @@ class DistillationTrainer(Trainer):
         if key not in self.teacher_eval_embeddings:  # the frozen teacher's embeddings do not change
             teacher = self.accelerator.unwrap_model(self.teacher)
             self.teacher_eval_embeddings[key] = embed(teacher, collator.teacher_processor, dataset[collator.teacher_column],
-                                                      teacher_extractor, **options).values
+                                                      as_read_from_whole(teacher, teacher_extractor), **options).values
         student_embeddings = embed(student, collator.student_processor, inputs, student_extractor, **options).values
         labels = reference = reference_labels = None
         if label_column is not None and label_column in dataset.column_names and self.train_dataset is not None:
@@ -412,21 +415,18 @@ class DistillationTrainer(Trainer):
             rescale_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
 
     def create_model_card(self, model_name: str | None = None, license: str | None = None, **kwargs: Any) -> None:
-        """hf_pcoh's model card (the one ``hf-pcoh publish`` writes) as ``output_dir/README.md``, for
-        ``trainer.push_to_hub()``; the run's ``distillation_config.json`` is written first when this trainer
-        was not run by :func:`hf_pcoh.run_distillation` (which writes it, with the evaluation, itself).
+        """hf_pcoh's model card (the one ``hf-pcoh publish`` writes) as ``output_dir/README.md``, after recording the
+        run as this trainer received and evaluated it in ``distillation_config.json`` (:mod:`hf_pcoh.trainer_hub`).
         The Trainer's card arguments other than ``license`` do not apply to it."""
-        if not self.is_world_process_zero():
-            return
-        output_dir = self.args.output_dir
-        if not os.path.isfile(os.path.join(output_dir, DISTILLATION_CONFIG_FILE)):
-            collator = self.distillation_collator
-            distillation_model = self.accelerator.unwrap_model(self.model)
-            teacher = None if self.teacher is None else self.accelerator.unwrap_model(self.teacher)
-            setup = DistillationSetup(self.args, teacher, distillation_model.student, collator, self.train_dataset,
-                                      self.eval_dataset, collator.modality, self.readout)
-            write_provenance(setup, distillation_model.terms)
-        write_card(output_dir, repo_id=self.hub_model_id, license=license or "apache-2.0", secrets=(self.args.hub_token,))
+        write_trainer_card(self, license)
+
+    def push_to_hub(self, commit_message: str | None = None, blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, private: bool | None = None, **kwargs: Any) -> Any:
+        """Save the student, write hf_pcoh's card, then upload the folder in one commit as ``hf-pcoh publish`` does;
+        a push that cannot happen (offline mode, no token, no permission) raises a one-line
+        :class:`hf_pcoh.errors.PublishError` with the folder and its card complete. Returns the
+        :class:`~hf_pcoh.hub.PublishPlan` (``commit_url``, ``repo_url``)."""
+        return push_with_card(self, commit_message, blocking, token, revision, private, kwargs.get("license"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Student and heads from the checkpoint's plain files (whole tensors, sharded into FSDP2's DTensors as the
@@ -442,9 +442,3 @@ class DistillationTrainer(Trainer):
             return
         load_distillation_checkpoint(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
-
-def one_of(name: str, value: Any, old_name: str, old_value: Any) -> Any:
-    """The argument given as ``name`` or under its earlier name ``old_name``; not both."""
-    if value is not None and old_value is not None:
-        raise ValueError(f"pass {name}= or {old_name}= (its earlier name), not both")
-    return value if value is not None else old_value

@@ -10,7 +10,7 @@ on every loss of ``LOSSES``, so a newly registered loss is checked without editi
 * a finite scalar on a random batch, finite gradients, also on degenerate batches (duplicates, zeros,
   huge and tiny values), and a gradient equal to finite differences (``torch.autograd.gradcheck``, float64);
 * what it declares: 0 at agreement, each invariance, a mean over examples when not batch-level, padding
-  that changes nothing when it accepts tokens.
+  that changes nothing when it accepts tokens, which of its parameters train and whether it trains the student.
 """
 
 from __future__ import annotations
@@ -262,6 +262,36 @@ def check_padding_changes_nothing(loss_class: LossClass) -> None:
     assert_same_value(moved, base, loss, "the padding's values", keeps_float64(loss, student[:, 0], teacher[:, 0]))
 
 
+def declared_training_holds(loss: DistillationLoss, tokens: bool) -> None:
+    """What ``loss`` declares of the gradients (``untrained_parameters``, ``trains_student``) is what autograd finds on a
+    batch of pooled or token features: the declared parameters, and only they, get no gradient."""
+    student_dim, teacher_dim = loss.student_dim, loss.teacher_dim
+    rows = max(4, type(loss).min_batch_size)
+    shape = (rows, 5) if tokens else (rows,)
+    student = random_features(*shape, student_dim, seed=12).requires_grad_(True)
+    teacher = random_features(*shape, teacher_dim, seed=13)
+    inputs = {"mask": torch.ones(rows, 5)} if tokens else {}
+    named = list(loss.named_parameters())
+    result = loss(student, teacher, **inputs)
+    gradients = torch.autograd.grad(result, [student] + [parameter for _, parameter in named], allow_unused=True)
+    kind = "tokens" if tokens else "pooled features"
+    assert (gradients[0] is not None) == loss.trains_student(tokens), f"{loss.name} on {kind}: trains_student is wrong"
+    untrained = loss.untrained_parameters(tokens)
+    if named and untrained is None:
+        return  # not declared: DDP keeps searching for unused parameters, which is always correct
+    without = [name for (name, _), gradient in zip(named, gradients[1:]) if gradient is None]
+    assert sorted(without) == sorted(untrained), f"{loss.name} on {kind}: declares {untrained} untrained, finds {without}"
+
+
+def check_declared_training(loss_class: LossClass) -> None:
+    """``untrained_parameters`` and ``trains_student`` (the trainer freezes by them, and DDP's search for unused
+    parameters is turned off by them) hold for pooled features and, when accepted, tokens (default options)."""
+    loss = build(loss_class, *widths(loss_class))
+    declared_training_holds(loss, tokens=False)
+    if loss_class.accepts_tokens:
+        declared_training_holds(loss, tokens=True)
+
+
 CONTRACT_CHECKS: list[Callable[[LossClass], None]] = [
     check_declarations,
     check_docstring,
@@ -273,6 +303,7 @@ CONTRACT_CHECKS: list[Callable[[LossClass], None]] = [
     check_invariances,
     check_mean_over_examples,
     check_padding_changes_nothing,
+    check_declared_training,
 ]
 
 

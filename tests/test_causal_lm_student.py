@@ -4,8 +4,10 @@ built from configs and real WordNet glosses; the saved student generates text wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -14,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from datasets import Dataset
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -26,6 +30,7 @@ from hf_pcoh.losses import TokenKDLoss
 from hf_pcoh.losses.token_kd import IGNORE_INDEX, next_token_targets
 from hf_pcoh.pipeline import run_distillation
 from hf_pcoh.setup_models import planned_task
+from hf_pcoh.token_accumulation import tokens_per_micro_batch
 from hf_pcoh.trainer import DistillationTrainer
 
 from tiny_models import MINILM, TINY_OPT
@@ -190,6 +195,18 @@ def test_opt_student_trains_as_a_language_model_and_generates_after_saving(tmp_p
     text = generator("a domestic animal", min_new_tokens=5, max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("a domestic animal")
 
+    # its card (written by the run) publishes it for text generation, and the card's own snippet generates
+    card = ModelCard.load(os.path.join(output_dir, "README.md"))
+    assert card.data.pipeline_tag == "text-generation"
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    generation = {result.metric_type: result.metric_value for result in results if result.task_type == "text-generation"}
+    assert generation == {name: value for name, value in language_model.items() if not name.startswith("num_")}
+    usage = re.search(r"```python\n(.*?)\n```", card.text, flags=re.S).group(1)
+    assert 'pipeline("text-generation", model="<user>/run")' in usage
+    namespace: dict = {}
+    exec(usage.replace('"<user>/run"', repr(output_dir)), namespace)  # noqa: S102 - the card's own snippet
+    assert namespace["outputs"][0]["generated_text"].strip()
+
 
 @pytest.mark.slow  # two short runs with a 30k vocabulary
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])
@@ -267,6 +284,19 @@ def lm_worker(rank: int, world_size: int, port: int, result_path: str) -> None:
         dist.destroy_process_group()
 
 
+def run_two_gloo_processes(worker, result_path: str, deadline_seconds: float = 120.0) -> None:
+    """Spawn ``worker(rank, 2, port, result_path)`` twice; a hung collective fails the test instead of hanging."""
+    from test_distributed import free_port
+
+    context = mp.start_processes(worker, args=(2, free_port(), result_path), nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + deadline_seconds
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two gloo processes did not finish within {deadline_seconds:.0f} s")
+
+
 @pytest.mark.slow  # two gloo processes
 def test_two_processes_equal_one_process_on_the_global_batch_token_weighted(tmp_path) -> None:
     """Next-token CE and token KD are means over the global batch's target tokens under data parallelism (the token
@@ -278,16 +308,142 @@ def test_two_processes_equal_one_process_on_the_global_batch_token_weighted(tmp_
               for rows in (slice(0, 3), slice(3, 6))]
     assert not torch.allclose((halves[0] + halves[1]) / 2, reference, rtol=1e-3)  # the mean of means differs
     result_path = str(tmp_path / "rank0.pt")
-    context = mp.start_processes(lm_worker, args=(2, free_port(), result_path), nprocs=2, start_method="spawn",
-                                 join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two gloo processes did not finish within 120 s")
+    run_two_gloo_processes(lm_worker, result_path)
     result = torch.load(result_path)
     torch.testing.assert_close(result["values"], reference, atol=1e-5, rtol=1e-5)
     assert set(result["gradients"]) == set(reference_gradients)
     for name, gradient in reference_gradients.items():
         torch.testing.assert_close(result["gradients"][name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ---- gradient accumulation: a mean over the tokens of the whole accumulated batch ------------------------------
+# Rows of very different lengths, so that the two micro-batches of two rows hold different numbers of target tokens
+# (and different padding): a mean of the two micro-batches' token means would weigh a token of the short one more.
+ACCUMULATION_TEXTS = ["a dog", "an animal", "a small domesticated carnivorous mammal with soft fur and a short snout",
+                      "any of various fishes that live in the sea and are caught for food or for sport by anglers"]
+NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "layerdrop": 0.0}
+
+
+def accumulation_trainer(tmp_path, minilm_path, gradient_accumulation_steps: int, batch_size: int, **fields):
+    """CE + token KD (and a pooled hidden-state loss of weight 0) on tiny OPT models without dropout, plain SGD."""
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY_OPT, **SMALL_OPT, **NO_DROPOUT}))
+    teacher = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY_OPT, **NO_DROPOUT}))
+    config = DistillationConfig(
+        output_dir=str(tmp_path / f"run{gradient_accumulation_steps}"), ce_weight=1.0, logit_kd_weight=0.5,
+        logit_kd_divergence="jsd", logit_kd_beta=0.3, logit_kd_temperature=2.0, losses=["projected_mse"],
+        loss_weights=[0.0], pooling="last_token", padding_side="right", max_length=24, task="causal_lm",
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
+        max_steps=1, save_strategy="no", evaluate_after_training=False, report_to="none", disable_tqdm=True, seed=0,
+        **fields)
+    return DistillationTrainer(model=student, teacher_model=teacher, args=config,
+                               train_dataset=Dataset.from_dict({"text": ACCUMULATION_TEXTS}),
+                               processing_class=AutoTokenizer.from_pretrained(minilm_path))
+
+
+def accumulated_gradients(trainer: DistillationTrainer, micro_batches: list[dict], count: bool = True):
+    """The gradients after the Trainer's own training steps over ``micro_batches`` (one update's), its count of
+    their target tokens handed over as the training loop hands it (or none), and the logged token terms."""
+    trainer.model.zero_grad(set_to_none=True)
+    samples, num_items_in_batch = trainer.get_batch_samples(iter(micro_batches), len(micro_batches),
+                                                            trainer.args.device)
+    trainer.current_gradient_accumulation_steps = len(samples)  # what the training loop sets
+    terms = []
+    for batch in samples:
+        trainer.training_step(trainer.model, batch, num_items_in_batch if count else None)
+        terms.append(torch.stack([trainer.last_terms[name].detach()
+                                  for name in ("next_token_cross_entropy", "token_kd")]))
+    gradients = {name: parameter.grad.clone() for name, parameter in trainer.model.named_parameters()
+                 if parameter.grad is not None}
+    return gradients, num_items_in_batch, torch.stack(terms).mean(dim=0)
+
+
+def test_accumulating_uneven_micro_batches_gives_the_gradient_of_one_batch(tmp_path, minilm_path) -> None:
+    """Two micro-batches of different lengths (so different padding) accumulated through the Trainer's own training
+    step, which divides each micro-batch's loss by 2: next-token CE and token KD have exactly the gradients (and the
+    logged values) of one batch of the four rows, each target token weighted alike."""
+    trainer = accumulation_trainer(tmp_path, minilm_path, gradient_accumulation_steps=2, batch_size=2)
+    collate = trainer.distillation_collator
+    rows = [{"text": text} for text in ACCUMULATION_TEXTS]
+    halves = [collate(rows[:2]), collate(rows[2:])]
+    whole = collate(rows)
+    targets = [int((next_token_targets(batch["labels"], batch["student_inputs"]["attention_mask"]) != IGNORE_INDEX)
+                   .sum()) for batch in (*halves, whole)]
+    assert targets[0] * 3 < targets[1] and targets[0] + targets[1] == targets[2]  # uneven micro-batches
+    assert halves[0]["labels"].shape[1] < whole["labels"].shape[1]  # padded to different lengths
+
+    accumulated, counted, accumulated_terms = accumulated_gradients(trainer, halves)
+    assert int(counted) == targets[2]  # the Trainer's num_items_in_batch: the target tokens of both micro-batches
+    trainer.current_gradient_accumulation_steps = 1
+    one_batch, _, one_batch_terms = accumulated_gradients(trainer, [whole])
+    assert set(accumulated) == set(one_batch) and any(gradient.abs().sum() > 0 for gradient in one_batch.values())
+    for name, gradient in one_batch.items():
+        torch.testing.assert_close(accumulated[name], gradient, atol=1e-7, rtol=1e-4, msg=name)
+    torch.testing.assert_close(accumulated_terms, one_batch_terms, atol=1e-6, rtol=1e-5)  # the logged token means
+
+    # A mean per micro-batch (no count handed over) weighs a token of the short micro-batch more: not one batch's.
+    per_micro_batch, _, _ = accumulated_gradients(trainer, halves, count=False)
+    assert not all(torch.allclose(per_micro_batch[name], gradient, atol=1e-7, rtol=1e-3)
+                   for name, gradient in one_batch.items())
+
+
+@pytest.mark.slow  # two short trainings with a 30k vocabulary
+def test_one_sgd_update_with_accumulation_equals_one_without(tmp_path, minilm_path) -> None:
+    """``trainer.train()`` end to end (data loader, the Trainer's count, its scaling, the optimizer): one SGD update
+    over 2 micro-batches of 2 rows moves the student exactly as one update over the batch of 4 rows."""
+    students = []
+    for accumulation, batch_size in ((2, 2), (1, 4)):
+        trainer = accumulation_trainer(tmp_path, minilm_path, gradient_accumulation_steps=accumulation,
+                                       batch_size=batch_size)
+        before = {name: value.clone() for name, value in trainer.model.student.state_dict().items()}
+        trainer.train()
+        students.append({name: value - before[name] for name, value in trainer.model.student.state_dict().items()})
+    accumulated, one_batch = students
+    assert any(step.abs().sum() > 0 for step in one_batch.values())
+    for name, step in one_batch.items():
+        torch.testing.assert_close(accumulated[name], step, atol=1e-7, rtol=1e-4, msg=name)
+
+
+def lm_accumulation_worker(rank: int, world_size: int, port: int, result_path: str) -> None:
+    """Each process's three rows as two micro-batches (one row, then two), accumulated as the Trainer does: the
+    token terms divided by the update's tokens per micro-batch and process, each loss by 2, DDP's sync at the last."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        model = DistributedDataParallel(make_lm_model(), find_unused_parameters=True)
+        input_ids, attention_mask, teacher_logits = make_lm_batch()
+        global_tokens = int(attention_mask.sum() - attention_mask.shape[0])  # right padding: length - 1 targets a row
+        denominator = tokens_per_micro_batch(torch.tensor(global_tokens), micro_batches=2)
+        first = rank * len(LM_LENGTHS) // world_size
+        for step, rows in enumerate((slice(first, first + 1), slice(first + 1, first + 3))):
+            length = int(attention_mask[rows].sum(dim=1).max())
+            ids, mask = input_ids[rows, :length], attention_mask[rows, :length]
+            with model.no_sync() if step == 0 else contextlib.nullcontext():
+                output = model(student_inputs={"input_ids": ids, "attention_mask": mask},
+                               teacher_features=[Features(torch.zeros(len(ids), 16))],
+                               labels=ids.masked_fill(mask == 0, IGNORE_INDEX),
+                               teacher_logits=teacher_logits[rows, :length],
+                               target_tokens_per_micro_batch=denominator)
+                (output.loss / 2).backward()
+        if rank == 0:
+            torch.save({name: p.grad.clone() for name, p in model.module.named_parameters() if p.grad is not None},
+                       result_path)
+        del model
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two gloo processes
+def test_accumulation_on_two_processes_equals_one_process_on_the_global_batch(tmp_path) -> None:
+    """Two processes, two uneven micro-batches each: after the accumulation and DDP's average, the gradients of
+    next-token CE and token KD are those of one process on the six rows (the W of D = N / (k W))."""
+    _, reference_gradients = lm_loss_and_gradients(make_lm_model(), *make_lm_batch())
+    result_path = str(tmp_path / "rank0.pt")
+    run_two_gloo_processes(lm_accumulation_worker, result_path)
+    gradients = torch.load(result_path)
+    assert set(gradients) == set(reference_gradients)
+    for name, gradient in reference_gradients.items():
+        torch.testing.assert_close(gradients[name], gradient, atol=1e-5, rtol=1e-4, msg=name)

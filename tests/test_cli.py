@@ -57,6 +57,20 @@ TEXT_RUN = ["--teacher_config", str(TINY_BERT).replace("'", '"'), "--teacher_pro
             "--per_device_train_batch_size", "8", "--student_layers", "last", "--teacher_layers", "last",
             "--losses", "perception_coherence"]
 
+def test_options_without_a_recipe_keep_the_configs_defaults_not_a_hidden_recipe(tmp_path) -> None:
+    """Only an empty command line is the quick start (the minilm-wordnet recipe); options alone start from
+    DistillationConfig's defaults, so the recipe's teacher_cache, student_init_from_teacher... never slip in."""
+    from hf_pcoh.config import DistillationConfig
+
+    config = parse_distillation_args([*TEXT_RUN, "--output_dir", str(tmp_path)])
+    defaults = DistillationConfig(output_dir=str(tmp_path), report_to="none")
+    for field in ("teacher_model_name_or_path", "teacher_cache", "student_init_from_teacher", "learning_rate",
+                  "max_length", "pooling", "loss_kwargs", "num_train_epochs"):
+        assert getattr(config, field) == getattr(defaults, field), field
+    with pytest.raises(ValueError, match=r"^no teacher: .*; or start from a recipe: hf-pcoh distill minilm-wordnet "):
+        parse_distillation_args(["--max_steps", "1"])
+
+
 BAD_INPUTS = {
     "unknown loss": (["--loss", "perception_coherense"], "unknown loss 'perception_coherense'. Did you mean 'perception_coherence'"),
     "layer out of range": (["--student_layers", "9"], "layer 9 does not exist in the student: it has 2 hidden states"),
@@ -203,12 +217,14 @@ def test_push_to_hub_without_a_token_leaves_a_complete_folder_and_says_so(tmp_pa
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     monkeypatch.setattr("hf_pcoh.hub.get_token", lambda: None, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # online (offline: tests/test_run_card.py)
     output_dir = tmp_path / "out"
     code = distill_main(["opt-wordnet", *TEXT_RUN, "--max_eval_samples", "24", "--push_to_hub",
                          "--hub_model_id", "someone/tiny-student", "--output_dir", str(output_dir)])
     captured = capsys.readouterr()
     assert code == 1, captured.err
     assert "ready to upload" in captured.err and "Traceback" not in captured.err
+    assert "No Hugging Face token found" in captured.err
     written = set(os.listdir(output_dir))
     assert {"README.md", "config.json", "model.safetensors", "distillation_config.json", "eval_results.json"} <= written
 

@@ -14,7 +14,7 @@ from hf_pcoh.cli import SUBCOMMANDS, main
 # End-to-end runs on tiny models (seconds each): outside the fast inner loop (pytest -m 'not slow').
 pytestmark = pytest.mark.slow
 
-COMMANDS = ("distill", "select-layers", "evaluate", "publish", "train-teacher")
+COMMANDS = ("distill", "select-layers", "evaluate", "publish", "train-teacher", "cache")
 
 
 def run_module(*arguments: str, executable: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -33,6 +33,7 @@ def test_python_dash_m_lists_every_command() -> None:
 
 @pytest.mark.parametrize("command, options", [("evaluate", ["--teacher", "--max_eval_samples"]),
                                               ("publish", ["--repo_id", "--dry_run", "--max_abs_weight"]),
+                                              ("cache", ["list", "clear", "--cache_dir"]),
                                               ("distill", ["--teacher_model_name_or_path", "--dataset_files",
                                                            "--teacher_embedding_column"])])
 def test_each_command_has_its_own_help(command, options, capsys) -> None:

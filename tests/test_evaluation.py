@@ -542,3 +542,31 @@ def test_local_evaluate_metric_gives_the_functions_value(no_network, tmp_path, n
     result = module.compute(predictions=student.tolist(), references=teacher, **options)
     assert result == {name: function(student, teacher, **options)}
     assert 0.0 < result[name] < 1.0
+
+
+def test_embed_batches_texts_longest_first_and_returns_them_in_the_given_order(minilm_path: str) -> None:
+    """Texts are embedded longest first (each batch padded to texts of about its own length), and the rows come
+    back in the order given: the same as embedding each text alone, for either pooling."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from hf_pcoh.embedding import embed, embed_every_layer, longest_first
+    from hf_pcoh.features import FeatureExtractor
+    from tiny_models import TINY_BERT
+
+    model = AutoModel.from_config(AutoConfig.for_model(**TINY_BERT)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    texts = ["a", "a much longer text than the others, with many words in it", "mid length text", "b c",
+             "another fairly long text to embed", "z"]
+    ordered, order = longest_first(texts, "text")
+    assert [len(text) for text in ordered] == sorted((len(text) for text in texts), reverse=True)
+    assert [texts[index] for index in order] == ordered
+    for pooling in ("mean", "cls"):
+        extractor = FeatureExtractor("last", pooling)
+        batched = embed(model, tokenizer, texts, extractor, "text", batch_size=4, max_length=32).values
+        alone = np.concatenate([embed(model, tokenizer, [text], extractor, "text", max_length=32).values
+                                for text in texts])
+        np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    layers = embed_every_layer(model, tokenizer, texts, "mean", "text", batch_size=4, max_length=32)
+    mean_alone = np.concatenate([embed(model, tokenizer, [text], FeatureExtractor("last", "mean"), "text",
+                                       max_length=32).values for text in texts])
+    np.testing.assert_allclose(layers[TINY_BERT["num_hidden_layers"]], mean_alone, rtol=0, atol=1e-5)

@@ -144,15 +144,21 @@ class FakeHfApi:
         return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{arguments['repo_id']}/commit/abc"})()
 
 
-@pytest.fixture
-def no_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No token anywhere huggingface_hub looks: environment, token file (HF_HOME in tmp), OIDC."""
+def remove_tokens(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """No token anywhere huggingface_hub looks: environment, token file (HF_HOME in ``folder``), OIDC."""
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
+    monkeypatch.setenv("HF_HOME", str(folder / "hf_home"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(folder / "hf_home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(folder / "hf_home" / "stored_tokens"))
     assert hub.get_token() is None
+
+
+@pytest.fixture
+def no_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Online (the tests run with HF_HUB_OFFLINE=1: huggingface_hub's own flag set back) and no token anywhere."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    remove_tokens(monkeypatch, tmp_path)
 
 
 def publish_script() -> Any:
@@ -347,6 +353,140 @@ def test_vision_card_uses_the_image_processor_and_its_snippet_runs(tmp_path: Pat
     with torch.no_grad():
         outputs = namespace["model"](**namespace["inputs"], output_hidden_states=True)
     torch.testing.assert_close(namespace["embeddings"], FeatureExtractor("last", "gap")(outputs).values)
+
+
+LM_TEACHER = "outputs/opt-wordnet-teacher"
+LANGUAGE_MODEL_METRICS = {"teacher_perplexity": 630.12, "student_perplexity": 585.03, "kl_teacher_student": 0.4123,
+                          "top1_agreement": 0.7241, "greedy_exact_match": 0.25, "greedy_rouge_l": 0.6879,
+                          "num_texts": 500.0, "num_next_token_positions": 7321.0}
+
+
+def write_language_model_run(folder: Path, tokenizer_path: str, evaluated: bool = True, **recipe_fields: Any) -> Path:
+    """A tiny OPT student distilled as a language model (task causal_lm: next-token CE, token KD at temperature 2,
+    Procrustes on the last layer's tokens), as the pipeline leaves it: the student, its tokenizer, the provenance and
+    an evaluation with a ``language_model`` section."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tiny_models import TINY_OPT
+
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_OPT))
+    student.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(folder)
+    parameters = sum(parameter.numel() for parameter in student.parameters())
+    fields = dict(teacher_model_name_or_path=LM_TEACHER, student_config={"model_type": "opt"}, task="causal_lm",
+                  ce_weight=1.0, logit_kd_weight=1.0, logit_kd_temperature=2.0, student_layers=["last"],
+                  teacher_layers=["last"], pooling="none", losses=["procrustes"], loss_weights=[1.0],
+                  loss_kwargs=None, max_length=64)
+    fields.update(recipe_fields)
+    (folder / hub.DISTILLATION_CONFIG_FILE).write_text(json.dumps({
+        "hf_pcoh_version": "0.1.0",
+        "recipe": recipe(folder, **fields),
+        "teacher": {"name_or_path": LM_TEACHER, "model_type": "opt", "parameters": 11_000_000},
+        "student": {"model_type": "opt", "parameters": parameters},
+        "dataset": {"name": "wordnet_glosses", "train_samples": 8000, "eval_samples": 500, "text_column": "text",
+                    "label_column": None},
+        "terms": [{"student_layer": "last", "teacher_layer": "last", "loss": "procrustes", "weight": 1.0}],
+        "losses": ["procrustes"],
+        "embedding": {"student_layer": "last", "teacher_layer": "last", "pooling": "mean", "teacher_pooling": "mean"},
+        "modality": "text",
+        "task": "feature-extraction",
+    }), encoding="utf-8")
+    if evaluated:
+        (folder / hub.EVAL_RESULTS_FILE).write_text(json.dumps({
+            "dataset": "wordnet_glosses", "split": "eval", "num_samples": 500,
+            "student": {"teacher_neighbour_recall@10": 0.41, "dissimilarity_spearman": 0.62, "parameters": parameters},
+            "teacher": {"parameters": 11_000_000},
+            "language_model": LANGUAGE_MODEL_METRICS,
+        }), encoding="utf-8")
+    return folder
+
+
+def test_a_language_model_student_is_published_for_text_generation(tmp_path: Path, minilm_path: str) -> None:
+    """A causal-LM student's card: pipeline_tag text-generation, the language-model metrics in the model-index (task
+    text-generation) beside the embedding ones, the token objectives in the terms table, the papers of its losses and
+    metrics cited, and a usage snippet that, run against the saved folder, generates text."""
+    folder = write_language_model_run(tmp_path / "opt-student", minilm_path)
+    path = hub.write_model_card(folder, repo_id="me/opt-student")
+    card = ModelCard.load(path)
+    text = str(card)
+    assert card.data.pipeline_tag == "text-generation" and card.data.library_name == "transformers"
+    _, parsed = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    generation = {result.metric_type: result.metric_value for result in parsed if result.task_type == "text-generation"}
+    assert generation == {name: value for name, value in LANGUAGE_MODEL_METRICS.items() if not name.startswith("num_")}
+    assert {(result.dataset_name, result.dataset_split) for result in parsed} == {("wordnet_glosses", "eval")}
+    features = {result.metric_type for result in parsed if result.task_type == "feature-extraction"}
+    assert features == {"teacher_neighbour_recall@10", "dissimilarity_spearman"}
+    assert "| Perplexity (lower is better) | 585.03 | 630.12 | 0.93x |" in text
+    assert "| Top-1 next-token agreement | 0.7241 | — | — |" in text
+    assert "| Greedy continuation: ROUGE-L | 0.6879 |" in text
+    assert "| `logits` | `logits` | `token_kd` (forward_kl, temperature 2.0) | 1.0 |" in text
+    assert "| `logits` | `—` | `next_token_cross_entropy` (the next token) | 1.0 |" in text
+    assert "AutoModelForCausalLM.from_pretrained" in text and "- **Task:** `text-generation`" in text
+
+    entries = bibtex_entries(code_block(text, "bibtex"))
+    keys = [citations.citation_key(entry) for entry in entries]
+    assert len(keys) == len(set(keys))
+    for paper in (citations.GKD, citations.HINTON_KD, citations.PROCRUSTES_GRAM, citations.ROUGE_L, citations.HF_PCOH):
+        assert paper in entries
+    bibtex = "\n".join(entries)
+    assert "2306.13649" in bibtex and "2509.25253" in bibtex and "1503.02531" in bibtex
+
+    usage = code_block(text, "python")
+    assert 'pipeline("text-generation", model="me/opt-student")' in usage and "hf_pcoh" not in usage
+    assert "ends every text with [SEP]" in usage  # the MiniLM tokenizer's [CLS] ... [SEP]: no [SEP] ends the prompt
+    namespace: dict[str, Any] = {}
+    exec(usage.replace('"me/opt-student"', repr(str(folder))), namespace)  # noqa: S102 - the card's own snippet
+    generator = namespace["generator"]
+    assert type(generator.model).__name__ == "OPTForCausalLM"
+    assert generator.tokenizer.convert_ids_to_tokens(namespace["prompt_ids"]) == \
+        ["[CLS]", "a", "student", "di", "##sti", "##lled", "from", "its", "teacher"]
+    assert namespace["outputs"][0]["generated_text"].strip()  # a continuation was generated
+    # the second python block: the hidden-state embedding the embedding metrics were measured on
+    embedding_usage = re.findall(r"```python\n(.*?)\n```", text, flags=re.S)[1]
+    assert "AutoModel.from_pretrained" in embedding_usage and "outputs.last_hidden_state" in embedding_usage
+
+
+def test_the_text_generation_snippet_of_a_tokenizer_without_an_end_token_runs(tmp_path: Path, minilm_path: str) -> None:
+    """A tokenizer that appends nothing (as GPT-2's): the plain pipeline call, prompt first in the generated text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from tiny_models import TINY_OPT
+
+    folder = write_language_model_run(tmp_path / "opt-student", minilm_path, evaluated=False)
+    torch.manual_seed(0)  # a student of the word-level vocabulary below: every id it generates is a word
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY_OPT, "vocab_size": len(VOCAB), "bos_token_id": 2,
+                                                              "eos_token_id": 3})).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (folder / name).unlink(missing_ok=True)
+    word_level = Tokenizer(models.WordLevel({word: index for index, word in enumerate(VOCAB)}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]",
+                            eos_token="[SEP]").save_pretrained(folder)
+    usage = code_block(str(hub.build_model_card(folder, repo_id="me/opt-student")), "python")
+    assert "add_special_tokens" not in usage
+    namespace: dict[str, Any] = {}
+    exec(usage.replace('"me/opt-student"', repr(str(folder))), namespace)  # noqa: S102 - the card's own snippet
+    generated = namespace["outputs"][0]["generated_text"]
+    assert generated.startswith("A student distilled from its teacher") and len(generated) > 36
+
+
+def test_an_encoder_student_keeps_its_task_and_a_causal_lm_is_recognised_from_its_recipe(
+        run_dir: Path, tmp_path: Path, minilm_path: str) -> None:
+    """Only a language-model run is published for text generation: the encoder's card is unchanged; a causal-LM
+    run not yet evaluated, or with ``task: auto`` resolved from its saved architecture, still is one."""
+    encoder = hub.build_model_card(run_dir, repo_id=REPO_ID)
+    assert encoder.data.pipeline_tag == "feature-extraction" and "text-generation" not in str(encoder)
+    assert "pipeline(" not in str(encoder)
+    for name, fields in (("unevaluated", {}), ("auto", {"task": "auto"})):
+        folder = write_language_model_run(tmp_path / name, minilm_path, evaluated=False, **fields)
+        card = hub.build_model_card(folder)
+        assert card.data.pipeline_tag == "text-generation" and card.data.eval_results is None, name
+        assert 'pipeline("text-generation"' in code_block(str(card), "python")
+    features = write_language_model_run(tmp_path / "features", minilm_path, evaluated=False, task="features",
+                                        ce_weight=0.0, logit_kd_weight=0.0)
+    assert hub.build_model_card(features).data.pipeline_tag == "feature-extraction"
 
 
 def test_recipe_in_the_card_reruns_the_same_distillation(run_dir: Path, tmp_path: Path) -> None:

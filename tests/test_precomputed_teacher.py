@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from hf_pcoh.cli import distill_main, parse_distillation_args
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.data import load_wordnet_glosses
 from hf_pcoh.evaluation import embed
@@ -125,7 +126,8 @@ def test_a_run_without_a_teacher_is_measured_against_the_column(tmp_path, studen
     for name in compared:
         assert teacher[name] == pytest.approx(live.evaluation["teacher"][name], abs=1e-4), name
     saved = json.loads((tmp_path / "run" / "distillation_config.json").read_text())
-    assert saved["teacher"] == {"name_or_path": f"embeddings precomputed in column {COLUMN!r}", "embedding_column": COLUMN}
+    assert saved["teacher"] == {"name_or_path": f"embeddings precomputed in column {COLUMN!r}", "source": "precomputed",
+                                "embedding_column": COLUMN}
     assert "embeddings precomputed in column" in (tmp_path / "run" / "README.md").read_text()
 
 
@@ -187,3 +189,26 @@ def test_options_that_need_a_teacher_are_refused_with_a_column(tmp_path) -> None
     config = run_config(tmp_path, teacher_embedding_column=COLUMN, student_config={"num_hidden_layers": 1})
     with pytest.raises(ValueError, match="overrides the teacher's config, but no teacher is loaded"):
         build_setup(config)
+
+
+def test_a_run_that_names_no_recipe_is_refused_only_for_what_it_set(tmp_path, student_dir, glosses_dir) -> None:
+    """No hidden recipe: from Python and from a command line that names none, a column run gets DistillationConfig's
+    defaults and trains (the built-in recipe's teacher_cache and student_init_from_teacher used to refuse it); a
+    recipe that is named still brings its options, and the refusal says how to turn them off."""
+    rng = np.random.default_rng(0)
+    embeddings = {name: {row: rng.normal(size=12).tolist() for row in range(rows)}
+                  for name, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS))}
+    data = with_embeddings(glosses_dir, str(tmp_path / "data"), embeddings["train"], embeddings["test"])
+    fields = dict(student_model_name_or_path=student_dir, dataset_name=data, teacher_embedding_column=COLUMN,
+                  max_steps=2, per_device_train_batch_size=16, max_length=32, losses=["perception_coherence"],
+                  save_strategy="no", evaluate_after_training=False, disable_tqdm=True)
+    result = run_distillation(DistillationConfig(output_dir=str(tmp_path / "python"), **fields))
+    assert result.evaluation is None and (tmp_path / "python" / "model.safetensors").is_file()
+    argv = [item for name, value in fields.items()
+            for item in (f"--{name}", *(value if isinstance(value, list) else [str(value)]))]
+    config = parse_distillation_args([*argv, "--output_dir", str(tmp_path / "cli")])
+    assert config.teacher_cache is None and not config.student_init_from_teacher and config.teacher_model_name_or_path is None
+    assert distill_main([*argv, "--output_dir", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match=r"so teacher_cache cannot apply: drop it \(--teacher_cache none\)"):
+        parse_distillation_args(["minilm-wordnet", *argv, "--output_dir", str(tmp_path / "recipe")])

@@ -1,7 +1,8 @@
 """Training across processes, on CPU: 2 gloo processes with tiny models.
 
 The teacher is prepared by the accelerator (FSDP2 shards it like the student), two FSDP2 processes train
-like one process with the doubled batch, per-term logs are averaged over processes, the teacher cache is
+like one process with the doubled batch and are evaluated like one process without gathering the teacher
+(its embeddings computed sharded), per-term logs are averaged over processes, the teacher cache is
 computed half by each process and merged into the one-process cache; and gradient checkpointing reaches the student.
 """
 
@@ -131,17 +132,39 @@ def lose_last_block_weights(setup) -> None:
 
 
 def fsdp_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
+    """The whole job (run_distillation) under FSDP2, the second process left by cpu_ram_efficient_loading without
+    some weights; what was sharded, what was gathered whole, and the evaluation written, recorded."""
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
-    from hf_pcoh.pipeline import evaluate_student_against_teacher, save_sharded_student
+    import hf_pcoh.pipeline as pipeline
 
     join_process_group(rank, world_size, port)
     enable_fsdp_on_cpu()
+    trainers, gathered = [], []
+    build_setup, train_student, whole_model = pipeline.build_setup, pipeline.train_student, pipeline.whole_model
+
+    def build(config):
+        setup = build_setup(config)
+        if rank:
+            lose_last_block_weights(setup)
+        return setup
+
+    def train_and_keep(setup, before_training=None):
+        trainer, metrics = train_student(setup, before_training)
+        trainers.append(trainer)
+        return trainer, metrics
+
+    def gather(accelerator, prepared, part, prefix=""):
+        gathered.append(prefix)
+        return whole_model(accelerator, prepared, part, prefix)
+
+    pipeline.build_setup, pipeline.train_student, pipeline.whole_model = build, train_and_keep, gather
     try:
         config = run_config(output_dir, fsdp=True, fsdp_config={"version": 2, "cpu_ram_efficient_loading": True},
                             evaluate_after_training=True, max_eval_samples=24)
-        trainer, setup = train(config, lose_last_block_weights if rank else None)
+        result = pipeline.run_distillation(config)
+        (trainer,) = trainers
         teacher_parameters = list(trainer.teacher.parameters())
         record = {
             "logs": loss_logs(trainer),
@@ -150,12 +173,9 @@ def fsdp_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
             "teacher_local_numel": sum(
                 (p.to_local() if isinstance(p, DTensor) else p).numel() for p in teacher_parameters),
             "teacher_numel": sum(p.numel() for p in teacher_parameters),
+            "gathered": gathered,  # the key prefix of each model gathered whole
+            "evaluation": result.evaluation,
         }
-        # after training: whole copies on rank 0, saved and measured there
-        student, teacher = save_sharded_student(setup, trainer)
-        record["whole_copies"] = student is not None and teacher is not None
-        if student is not None:
-            record["evaluation"] = evaluate_student_against_teacher(setup, student, trainer.args.device, teacher)
         with open(os.path.join(output_dir, f"rank{rank}.json"), "w", encoding="utf-8") as stream:
             json.dump(record, stream)
     finally:
@@ -174,6 +194,7 @@ def assert_same_measures(measured: dict, expected: dict, path: str = "") -> None
 @pytest.mark.slow  # two gloo processes
 def test_two_fsdp2_processes_shard_the_teacher_train_save_and_measure_like_one_process(tmp_path, minilm_path) -> None:
     from safetensors.torch import load_file
+    from transformers import AutoModel
 
     from hf_pcoh.pipeline import evaluate_student_against_teacher, save_student
 
@@ -196,9 +217,16 @@ def test_two_fsdp2_processes_shard_the_teacher_train_save_and_measure_like_one_p
             assert logged["loss"] == pytest.approx(expected["loss"], rel=1e-4, abs=1e-6)
             # a per-process term (projected MSE on each process's own rows) is logged averaged over processes
             assert logged[term] == pytest.approx(expected[term], rel=1e-4, abs=1e-6)
-    # the main process measured whole copies of the sharded student and teacher, and saved the student whole
-    assert ranks[0]["whole_copies"] and not ranks[1]["whole_copies"]
-    assert_same_measures(ranks[0]["evaluation"], reference_evaluation)
+    # only the student was gathered whole (onto the main process, which saved and measured it), never the teacher:
+    # its evaluation embeddings were computed sharded, and the figures written are those of one process evaluating
+    # the saved student beside the whole teacher
+    assert [record["gathered"] for record in ranks] == [["student."], ["student."]]
+    assert ranks[1]["evaluation"] is None
+    written = json.loads((tmp_path / "eval_results.json").read_text())
+    assert written == ranks[0]["evaluation"]
+    saved_student = AutoModel.from_pretrained(tmp_path)
+    assert_same_measures(written, evaluate_student_against_teacher(setup, saved_student, reference.args.device))
+    assert_same_measures(written, reference_evaluation)  # and, trained as one process, the same figures
     saved, expected = load_file(tmp_path / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
     assert saved.keys() == expected.keys()
     for name, tensor in expected.items():

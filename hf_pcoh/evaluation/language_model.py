@@ -37,17 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..citations import ROUGE_L
+
 ROUGE_L_METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "rouge_l")
-ROUGE_L_CITATION = """@inproceedings{lin-2004-rouge,
-    title = "{ROUGE}: A Package for Automatic Evaluation of Summaries",
-    author = "Lin, Chin-Yew",
-    booktitle = "Text Summarization Branches Out",
-    year = "2004",
-    address = "Barcelona, Spain",
-    publisher = "Association for Computational Linguistics",
-    url = "https://aclanthology.org/W04-1013",
-    pages = "74--81",
-}"""
+ROUGE_L_CITATION = ROUGE_L  # Lin (2004), from hf_pcoh.citations like every metric's paper
 
 
 # ---- token sequences --------------------------------------------------------------------------------------

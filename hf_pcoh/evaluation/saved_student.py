@@ -36,6 +36,10 @@ def evaluate_saved_student(
     if not os.path.isfile(description_path):
         raise ValueError(f"{student_dir} has no {DISTILLATION_CONFIG_FILE}: give the output_dir of a distillation run")
     recipe = read_saved_recipe(description_path)
+    if "dataset_name" not in recipe:  # the run's data was a data set object (a Python call), which no name loads
+        raise ValueError(f"{description_path}: the run was given its data as a data set object (a local/in-memory "
+                         "dataset), which hf-pcoh evaluate cannot load again: measure it from Python with the same data "
+                         "(hf_pcoh.evaluation.compare_teacher_and_student, or the trainer's evaluate())")
     if recipe.pop("trust_remote_code", False) and not trust_remote_code:
         logger.warning("%s asks for trust_remote_code: true, which is ignored: a saved file never turns on running a "
                        "checkpoint's own code; pass --trust_remote_code only if you trust this folder", description_path)

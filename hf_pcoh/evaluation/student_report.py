@@ -20,6 +20,10 @@ from .report import AGREEMENT_ALIAS_GEOMETRY, NEIGHBOUR_ALIAS_GEOMETRY, evaluate
 
 logger = logging.getLogger(__name__)
 
+# The first rows of the training split embedded as the labelled reference (kNN, probe), and the batch size.
+REFERENCE_SAMPLES = 3000
+EMBEDDING_BATCH_SIZE = 64
+
 
 def compare_teacher_and_student(
     teacher: torch.nn.Module | None,
@@ -35,11 +39,12 @@ def compare_teacher_and_student(
     teacher_extractor: FeatureExtractor,
     max_length: int = 128,
     device: torch.device | str = "cpu",
-    max_reference_samples: int = 3000,
-    batch_size: int = 64,
+    max_reference_samples: int = REFERENCE_SAMPLES,
+    batch_size: int = EMBEDDING_BATCH_SIZE,
     dataset_name: str = "",
     teacher_input_column: str | None = None,
     teacher_embedding_column: str | None = None,
+    teacher_embeddings: dict[str, Embeddings] | None = None,
 ) -> dict[str, Any]:
     """Embed a reference sample of the training split and the eval split with both models, then measure.
 
@@ -49,7 +54,9 @@ def compare_teacher_and_student(
     in the cosine and the euclidean geometry; the keys are those of :func:`evaluate_embeddings`.
     The teacher reads ``teacher_input_column`` when it is not the student's (a translation pair); with no
     ``teacher`` its embeddings are read from ``teacher_embedding_column`` (precomputed), and its size and
-    speed are not measured.
+    speed are not measured. ``teacher_embeddings`` (``{"train": the reference sample's, "test": the eval
+    split's}``) are the teacher's computed elsewhere, by a teacher sharded across processes
+    (:mod:`hf_pcoh.sharded_embedding`): ``teacher`` is then counted, not run, and its speed is theirs.
     """
     reference = first_rows(train_dataset, max_reference_samples)  # a streamed training split: its first rows
     embeddings: dict[str, dict[str, Any]] = {}
@@ -57,6 +64,10 @@ def compare_teacher_and_student(
         ("teacher", teacher, teacher_processor, teacher_extractor, teacher_input_column or input_column),
         ("student", student, student_processor, student_extractor, input_column),
     ):
+        if role == "teacher" and teacher_embeddings is not None:  # computed by the sharded teacher
+            row_counts = {"train": len(reference), "test": len(eval_dataset)}
+            embeddings[role] = checked_embeddings(teacher_embeddings, row_counts)
+            continue
         if model is None:  # the teacher's embeddings were computed before the run
             embeddings[role] = {split: Embeddings(precomputed_embeddings(rows, teacher_embedding_column), 0.0)
                                 for split, rows in (("train", reference), ("test", eval_dataset))}
@@ -91,6 +102,17 @@ def compare_teacher_and_student(
         "speed_up": student_metrics["embeddings_per_second"] / teacher_metrics["embeddings_per_second"],
     }
     return results
+
+
+def checked_embeddings(given: dict[str, Embeddings], rows: dict[str, int]) -> dict[str, Embeddings]:
+    """``given``, once each split's embeddings are found with one row per row of that split."""
+    for split, count in rows.items():
+        if split not in given:
+            raise ValueError(f"teacher_embeddings has no {split!r} entry (keys: {sorted(given)}); give 'train' and 'test'")
+        if len(given[split].values) != count:
+            raise ValueError(f"teacher_embeddings[{split!r}] holds {len(given[split].values)} rows; the {split} rows "
+                             f"evaluated are {count}")
+    return given
 
 
 def agreement_metrics(

@@ -6,10 +6,17 @@ One job per module:
   that it holds a loadable student, list what is uploaded;
 - :mod:`.card`: build the model card (``model_cards/distilled_student.md`` through
   :class:`huggingface_hub.ModelCardData`, with a ``model-index`` the Hub renders) and write it as ``README.md``;
+- :mod:`.run_origin`: the card's account of where the teacher, student and data came from (as the trainer received
+  them), the commands that run or measure the run again when they can work, and the trainer's logged evaluation;
+- :mod:`.card_text`: how the card writes names (Hub ids) and numbers;
 - :mod:`.usage`: the card's snippets (plain ``transformers``, and sentence-transformers for a student saved as
-  one) that compute the embedding the card measured;
+  one) that compute the embedding the card measured, and text generation for a language-model student;
+- :mod:`.language_model`: what a language-model student's card adds (``text-generation``, its token objectives and
+  metrics);
 - :mod:`.redaction`: keep credentials out of the card;
-- :mod:`.upload`: :func:`publish`, which writes the card and uploads the folder in a single commit::
+- :mod:`.upload`: :func:`publish`, which writes the card and uploads the folder in a single commit (and
+  :func:`push_saved_folder`, ``trainer.push_to_hub()``'s upload); each failure is one line naming its cause
+  (:class:`hf_pcoh.errors.PublishError`: offline mode, no token, no permission, the network)::
 
     from hf_pcoh.hub import publish
 
@@ -24,27 +31,27 @@ from ..artifacts import DISTILLATION_CONFIG_FILE, EVAL_RESULTS_FILE, HEADS_FILE,
 from ..citations import HF_PCOH as HF_PCOH_CITATION
 from .card import (
     DEFAULT_TAGS,
-    HUB_ID_PATTERN,
-    METRIC_NAMES,
     NOT_EVAL_METRICS,
     TEMPLATE_NAME,
     build_model_card,
     card_citations,
     eval_results_for_card,
+    layer_selection_context,
+    loss_citations,
+    results_rows,
+    template_path,
+    write_model_card,
+)
+from .card_text import (
+    HUB_ID_PATTERN,
+    METRIC_NAMES,
     format_count,
     format_metric,
     format_ratio,
     is_number,
-    layer_selection_context,
     looks_like_hub_id,
-    loss_citations,
     metric_display_name,
     ordered_metrics,
-    results_rows,
-    student_summary,
-    teacher_summary,
-    template_path,
-    write_model_card,
 )
 from .redaction import CREDENTIAL_WORDS, REDACTED, redact_recipe, secret_values
 from .run_files import (
@@ -57,7 +64,10 @@ from .run_files import (
     read_json,
     read_run,
 )
+from .run_origin import measure_context, rerun_context, student_summary, teacher_summary, training_results_context
 from .upload import (
+    HubOfflineError,
+    HubPermissionError,
     HubRefusedError,
     HubUnreachableError,
     MissingTokenError,
@@ -66,8 +76,15 @@ from .upload import (
     default_commit_message,
     network_error_types,
     publish,
+    push_saved_folder,
 )
-from .usage import embedding_normalized, embedding_spec, sentence_transformers_snippet, usage_snippet
+from .usage import (
+    embedding_normalized,
+    embedding_spec,
+    sentence_transformers_snippet,
+    text_generation_snippet,
+    usage_snippet,
+)
 
 __all__ = [
     "CARD_FILE",
@@ -86,6 +103,8 @@ __all__ = [
     "TEMPLATE_NAME",
     "UPLOAD_IGNORE_PATTERNS",
     "WEIGHTS_FILES",
+    "HubOfflineError",
+    "HubPermissionError",
     "HubRefusedError",
     "HubUnreachableError",
     "MissingTokenError",
@@ -107,19 +126,24 @@ __all__ = [
     "layer_selection_context",
     "looks_like_hub_id",
     "loss_citations",
+    "measure_context",
     "metric_display_name",
     "network_error_types",
     "ordered_metrics",
     "publish",
+    "push_saved_folder",
     "read_json",
     "read_run",
     "redact_recipe",
+    "rerun_context",
     "results_rows",
     "secret_values",
     "student_summary",
     "teacher_summary",
     "template_path",
     "sentence_transformers_snippet",
+    "text_generation_snippet",
+    "training_results_context",
     "usage_snippet",
     "write_model_card",
 ]

@@ -3,29 +3,47 @@
 :func:`build_model_card` fills ``model_cards/distilled_student.md`` through :class:`huggingface_hub.ModelCardData`
 (license, pipeline tag, tags, base model, data sets and a ``model-index`` the Hub renders as evaluation results)
 with the teacher and student, the recipe, the results beside the teacher's, the plots, a usage snippet and the
-citations of the losses and metrics used; :func:`write_model_card` writes it as the folder's ``README.md``.
+citations of the losses and metrics used; :func:`write_model_card` writes it as the folder's ``README.md``. A
+language-model student (``task: causal_lm``) is published for text generation (:mod:`.language_model`). How the
+card names the run's models and data, and which commands it offers to run or measure it again: :mod:`.run_origin`;
+how it writes names and numbers: :mod:`.card_text`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
 from .. import __version__
 from ..artifacts import write_text
 from ..citations import HF_PCOH, citation_key, metric_citation
 from ..losses import get_loss_class
+from . import language_model as lm
+from .card_text import (
+    format_count,
+    format_metric,
+    format_ratio,
+    is_number,
+    looks_like_hub_id,
+    metric_display_name,
+    ordered_metrics,
+)
 from .redaction import redact_recipe, redact_text
+from .run_origin import (
+    dataset_context,
+    dataset_names,
+    measure_context,
+    rerun_context,
+    student_summary,
+    teacher_summary,
+    training_results_context,
+)
 from .run_files import CARD_FILE, folder_contents, read_model_config, read_run, uploadable
 from .usage import embedding_normalized, embedding_spec, sentence_transformers_snippet, usage_snippet
 
@@ -37,24 +55,9 @@ DEFAULT_TAGS = ("distillation", "hf_pcoh", "knowledge-distillation")
 SENTENCE_TRANSFORMERS_TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction")
 SENTENCE_TRANSFORMERS_MODULES_FILE = "modules.json"
 
-# Metrics in the order a reader wants them, with the names they are shown under.
-METRIC_NAMES = {
-    "knn_accuracy@1": "1-NN accuracy",
-    "knn_accuracy@10": "10-NN accuracy",
-    "linear_probe_accuracy": "Linear-probe accuracy",
-    "map_at_r": "mAP@R",
-    "recall_at_10": "Recall@10",
-    "teacher_neighbour_recall@10": "Teacher-neighbour recall@10",
-    "dissimilarity_spearman": "Dissimilarity Spearman",
-    "perception_coherence": "Perception coherence",
-    "parameters": "Parameters",
-    "embeddings_per_second": "Embeddings / s",
-}
 # Size and speed describe the model and the machine, not the quality on the data set: they go in the
 # card's body, not in the model-index.
 NOT_EVAL_METRICS = ("parameters", "embeddings_per_second", "num_samples")
-
-HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def template_path() -> Path:
@@ -68,60 +71,6 @@ def template_path() -> Path:
         f"the model card template {TEMPLATE_NAME} was not found (looked in {', '.join(str(c) for c in candidates)}); "
         "install hf_pcoh from its repository (pip install -e .) or pass template=PATH"
     )
-
-
-def looks_like_hub_id(name: str | None) -> bool:
-    """True for ``owner/name`` strings that are valid repo ids and not a local folder."""
-    if not name or not HUB_ID_PATTERN.match(name) or os.path.isdir(name):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-# ---- numbers as the card shows them ------------------------------------------------------------------
-
-
-def format_count(value: float | int | None) -> str:
-    """``22,713,216``, or a dash when unknown."""
-    return f"{int(value):,}" if value is not None else "—"
-
-
-def format_ratio(ratio: float) -> str:
-    """``0.86x``; tiny ratios keep two significant digits (``0.0017x``) instead of reading ``0.00x``."""
-    return f"{ratio:.2f}x" if abs(ratio) >= 0.1 else f"{ratio:.2g}x"
-
-
-def format_metric(name: str, value: Any) -> str:
-    """A metric as the results table shows it: counts with separators, rates to 0.1, scores to 4 decimals."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "—"
-    if name == "parameters":
-        return format_count(value)
-    if name == "embeddings_per_second":
-        return f"{value:,.1f}"
-    return f"{value:.4f}"
-
-
-def metric_display_name(name: str) -> str:
-    """``knn_accuracy@10`` -> ``10-NN accuracy``; unknown names are made readable."""
-    if name in METRIC_NAMES:
-        return METRIC_NAMES[name]
-    return name.replace("_", " ").capitalize()
-
-
-def ordered_metrics(*tables: dict[str, Any]) -> list[str]:
-    """The numeric metric names of ``tables``: the known ones in reading order, then the rest sorted."""
-    names = {name for table in tables for name, value in table.items() if isinstance(value, (int, float))}
-    known = [name for name in METRIC_NAMES if name in names]
-    return known + sorted(names - set(known))
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool): NaN and inf stay out of tables and the model-index."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ---- the card's sections -----------------------------------------------------------------------------
@@ -188,59 +137,6 @@ def loss_citations(loss_names: list[str]) -> list[str]:
     return card_citations(loss_names, [])
 
 
-def teacher_summary(description: dict[str, Any]) -> dict[str, Any]:
-    """The teacher as the card shows it: a Hub link when its name is a Hub id, else its path or config."""
-    teacher = description["teacher"]
-    name = teacher.get("name_or_path") or "config"
-    from_config = not description["recipe"].get("teacher_model_name_or_path") and name == "config"
-    if looks_like_hub_id(name):
-        markdown = f"[{name}](https://huggingface.co/{name})"
-    elif from_config:
-        model_type = teacher.get("model_type")
-        markdown = f"the {model_type + ' ' if model_type else ''}teacher built from `teacher_config`"
-    else:
-        markdown = f"`{name}`"
-    return {
-        "name_or_path": name,
-        "markdown": markdown,
-        "model_type": teacher.get("model_type", "—"),
-        "parameters": teacher.get("parameters"),
-        "parameters_text": format_count(teacher.get("parameters")),
-        "hub_id": name if looks_like_hub_id(name) else None,
-    }
-
-
-def student_summary(description: dict[str, Any], model_config: dict[str, Any], size_ratio: float | None) -> dict[str, Any]:
-    """The student as the card shows it: architecture from its config.json, where it started from, its size."""
-    student, recipe = description["student"], description["recipe"]
-    model_type = student.get("model_type") or model_config.get("model_type", "")
-    shape = []
-    for key, label in (("num_hidden_layers", "layers"), ("hidden_size", "hidden size")):
-        if isinstance(model_config.get(key), int):
-            shape.append(f"{model_config[key]} {label}" if label == "layers" else f"{label} {model_config[key]}")
-    architecture = f"{model_type} ({', '.join(shape)})" if shape else model_type
-    if recipe.get("student_model_name_or_path"):
-        source = recipe["student_model_name_or_path"]
-        link = f"[{source}](https://huggingface.co/{source})" if looks_like_hub_id(source) else f"`{source}`"
-        origin = f"initialised from {link}"
-    elif recipe.get("student_init_from_teacher"):
-        origin = "built from `student_config`, initialised from the teacher's layers"
-    else:
-        origin = "built from `student_config`, randomly initialised"
-    parameters = student.get("parameters")
-    parameters_text = format_count(parameters)
-    if size_ratio is not None:
-        parameters_text += f" ({format_ratio(size_ratio)})"
-    return {
-        "model_type": model_type,
-        "architecture": architecture,
-        "origin": origin,
-        "parameters": parameters,
-        "parameters_text": parameters_text,
-        "description": f"{architecture} student" if model_type else "student",
-    }
-
-
 def size_summary(student_parameters: int | None, size_ratio: float | None) -> str:
     """``37,856 parameters, 0.0017x the teacher's (600.0x smaller)``; without the teacher's size, the count only."""
     if size_ratio is None:
@@ -281,18 +177,6 @@ def results_context(results: dict[str, Any] | None, dataset_id: str) -> dict[str
     }
 
 
-def dataset_context(dataset: dict[str, Any], dataset_id: str) -> dict[str, Any]:
-    """The data the student was distilled on: its name, split sizes and the columns used."""
-    column_parts = [f"{key.replace('_', ' ')} `{dataset[key]}`" for key in ("text_column", "image_column", "label_column")
-                    if dataset.get(key)]
-    return {
-        "name": dataset_id,
-        "train_samples": format_count(dataset.get("train_samples")),
-        "eval_samples": format_count(dataset.get("eval_samples")),
-        "columns": ", ".join(column_parts) if column_parts else "columns not recorded",
-    }
-
-
 def plots_context(folder: Path) -> list[dict[str, str]]:
     """The PNG plots that are uploaded with the student, as image links relative to the card."""
     files, _ = folder_contents(folder)
@@ -313,13 +197,6 @@ def layer_selection_context(selection: dict[str, Any] | None) -> dict[str, Any] 
         for layer, quality in selection["qualities"].items()
     ]
     return {"selected": selection["selected"], "rows": rows}
-
-
-def dataset_names(description: dict[str, Any]) -> tuple[str, str]:
-    """(id, type) of the data set: its name or path as recorded, and for a local path the folder's name."""
-    dataset_id = str(description["dataset"].get("name") or description["recipe"].get("dataset_name") or "unknown")
-    dataset_type = Path(dataset_id).name if os.path.isabs(dataset_id) or os.path.isdir(dataset_id) else dataset_id
-    return dataset_id, dataset_type
 
 
 def used_losses(description: dict[str, Any]) -> list[str]:
@@ -383,6 +260,10 @@ def card_context(folder: Path, description: dict[str, Any], results: dict[str, A
                           num_channels=model_config.get("num_channels"), normalize=embedding_normalized(description))
     sentence_transformers = (folder / SENTENCE_TRANSFORMERS_MODULES_FILE).is_file()
     reported = ordered_metrics((results or {}).get("student") or {})
+    language_model = lm.is_language_model(description, model_config, results)
+    if language_model:
+        reported += ordered_metrics((results or {}).get(lm.RESULTS_SECTION) or {})
+    cited_losses = [*losses, *lm.logit_kd_losses(recipe, language_model)]
     return {
         "model_name": model_name,
         "hf_pcoh_version": description.get("hf_pcoh_version", __version__),
@@ -390,19 +271,23 @@ def card_context(folder: Path, description: dict[str, Any], results: dict[str, A
         "student": student_summary(description, model_config, size_ratio),
         "size_summary": size_summary(student_parameters, size_ratio),
         "speed": speed_context(results),
-        "task": description["task"],
+        "task": lm.TEXT_GENERATION if language_model else description["task"],
         "modality": description["modality"],
         "losses": losses,
         "dataset": dataset_context(description["dataset"], dataset_id),
-        "terms": description.get("terms", []),
+        "terms": [*description.get("terms", []), *(lm.token_objectives(recipe) if language_model else [])],
         "layer_selection": layer_selection_context(description.get("layer_selection")),
         "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, default_flow_style=None).strip(),
         "results": results_context(results, dataset_id),
+        "training_results": None if results else training_results_context(description),
+        "rerun": rerun_context(description),
+        "measure": measure_context(description, folder),
         "plots": plots_context(folder),
         "embedding": {"layer": layer, "pooling": pooling, "normalize": embedding_normalized(description)},
         "usage": usage,
         "sentence_transformers_usage": sentence_transformers_snippet(model_id) if sentence_transformers else None,
-        "citations": card_citations(losses, reported),
+        "language_model": lm.card_context(folder, recipe, results, model_id) if language_model else None,
+        "citations": card_citations(cited_losses, reported),
     }
 
 
@@ -413,12 +298,16 @@ def card_metadata(description: dict[str, Any], results: dict[str, Any] | None, c
     eval_results = None
     if results:
         dataset_name = str(results.get("dataset") or dataset_id)
-        eval_results = eval_results_for_card(results, description["task"], dataset_type, dataset_name) or None
+        eval_results = eval_results_for_card(results, description["task"], dataset_type, dataset_name)
+        if context["language_model"] is not None:  # the language-model metrics, as a text-generation task
+            eval_results += lm.eval_results(results, dataset_type, dataset_name)
+        eval_results = eval_results or None
     sentence_transformers = context["sentence_transformers_usage"] is not None
+    pipeline_tag = "sentence-similarity" if sentence_transformers else description["task"]
     return ModelCardData(
         license=license,
         library_name="sentence-transformers" if sentence_transformers else "transformers",
-        pipeline_tag="sentence-similarity" if sentence_transformers else description["task"],
+        pipeline_tag=lm.TEXT_GENERATION if context["language_model"] is not None else pipeline_tag,
         tags=[*(SENTENCE_TRANSFORMERS_TAGS if sentence_transformers else ()), *DEFAULT_TAGS, *context["losses"]],
         datasets=[dataset_id] if looks_like_hub_id(dataset_id) else None,
         base_model=context["teacher"]["hub_id"],

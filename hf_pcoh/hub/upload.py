@@ -8,8 +8,11 @@
     print(plan.files)        # what would be uploaded
     publish("outputs/minilm-wordnet", "me/minilm-tiny")
 
-Every failure after the checks leaves the folder complete, with its card, and says so: the upload is a single
-commit, so the repo never holds part of it.
+Every failure after the checks leaves the folder complete, with its card, and says so in one line that names
+its cause (:mod:`hf_pcoh.errors`): offline mode (``HF_HUB_OFFLINE``, :class:`HubOfflineError`), no token
+(:class:`MissingTokenError`), no permission (:class:`HubPermissionError`), the network or another refusal. The
+upload is a single commit, so the repo never holds part of it. :func:`push_saved_folder` is
+``trainer.push_to_hub()``'s upload: the same, for a folder the trainer has just saved and written the card of.
 """
 
 from __future__ import annotations
@@ -22,11 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub import HfApi, is_offline_mode
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 
 from .. import __version__
+from ..errors import (
+    HubOfflineError,
+    HubPermissionError,
+    HubRefusedError,
+    HubUnreachableError,
+    MissingTokenError,
+    PublishError,
+)
 from ..output_dir import running_run
 from ..weights import DEFAULT_MAX_ABS_WEIGHT, saved_weight_problem
 from .card import build_model_card, write_model_card
@@ -43,20 +54,10 @@ from .run_files import (
 logger = logging.getLogger(__name__)
 
 
-class PublishError(RuntimeError):
-    """A publish that cannot go on, with a message for the user (no traceback needed)."""
-
-
-class MissingTokenError(PublishError):
-    """No Hugging Face token: nothing was sent; the folder is ready to upload."""
-
-
-class HubUnreachableError(PublishError):
-    """The Hub could not be reached (offline, network error): nothing was uploaded."""
-
-
-class HubRefusedError(PublishError):
-    """The Hub answered with an error (bad token, no write access, ...): nothing was uploaded."""
+__all__ = ["HubOfflineError", "HubPermissionError", "HubRefusedError", "HubUnreachableError", "MissingTokenError",
+           "PublishError", "PublishPlan", "publish", "push_saved_folder"]
+# What a user does to try again: a command's, or trainer.push_to_hub()'s.
+COMMAND_AGAIN = "run the same command again"
 
 
 @dataclass
@@ -80,6 +81,7 @@ class PublishPlan:
     commit_url: str | None = None
     card_path: Path | None = None
     skipped: list[str] = field(default_factory=list)
+    again: str = COMMAND_AGAIN
 
 
 def network_error_types() -> tuple[type[BaseException], ...]:
@@ -141,9 +143,10 @@ def publish(
         FileNotFoundError / ValueError: a run is still writing the folder (checked first), the folder is not a
             finished run (the message names the file), a student file is a symbolic link, its weights are NaN/inf
             or beyond ``max_abs_weight``, or ``repo_id`` is not a valid ``owner/name`` repo id.
-        MissingTokenError: no token; nothing was sent; the folder (with its card) is ready to upload.
-        HubUnreachableError: offline or a network error; nothing was uploaded.
-        HubRefusedError: the Hub refused (e.g. a read-only token); nothing was uploaded.
+        PublishError (:mod:`hf_pcoh.errors`), in one line, the folder (with its card) ready to upload and nothing
+            uploaded: ``HubOfflineError`` (offline mode, ``HF_HUB_OFFLINE=1``), ``MissingTokenError`` (no token),
+            ``HubPermissionError`` (the token was refused or may not write there), ``HubUnreachableError`` (a
+            network error), ``HubRefusedError`` (any other refusal of the Hub).
     """
     folder = Path(output_dir)
     # First: a folder a run is still writing lacks its files only because the run has not written them yet.
@@ -169,13 +172,50 @@ def publish(
     card_path = write_model_card(folder, repo_id=repo_id, license=license, secrets=(token,))
     plan = upload_plan(folder, repo_id, card_path.read_text(encoding="utf-8"), message, private=private,
                        card_path=card_path)
+    return send(plan, token, api)
+
+
+def push_saved_folder(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    api: HfApi | None = None,
+) -> PublishPlan:
+    """``trainer.push_to_hub()``'s upload: ``output_dir`` as the trainer saved it, with the card it has just written
+    (``README.md``), sent as :func:`publish` sends a folder (the same files, one commit, the same one-line errors).
+
+    Unlike :func:`publish` it does not check the student's files (a peft student is saved as its adapters) and
+    ``repo_id`` may name no owner, as the Trainer's ``hub_model_id`` may (the token's owner is then the owner)."""
+    folder = Path(output_dir)
+    description, _ = read_run(folder)
+    card_path = folder / CARD_FILE
+    plan = upload_plan(folder, repo_id, card_path.read_text(encoding="utf-8"),
+                       commit_message or default_commit_message(description), private=private, card_path=card_path)
+    plan.again = "call trainer.push_to_hub() again"
+    return send(plan, token or huggingface_hub.get_token(), api, revision=revision)
+
+
+def send(plan: PublishPlan, token: str | None, api: HfApi | None, revision: str | None = None) -> PublishPlan:
+    """Upload a folder whose card is written. Without a token nothing is called: offline mode is named first (a
+    token would not help there), else the missing token. With one, the client itself refuses in offline mode
+    (``OfflineModeIsEnabled``, named in :func:`upload`), so that an ``api`` stand-in is still called."""
+    if not token and is_offline_mode():
+        raise HubOfflineError(offline_message(plan))
     if not token:
         raise MissingTokenError(
-            f"No Hugging Face token found, so nothing was sent to {repo_id}. Run `hf auth login` (or set the "
-            f"HF_TOKEN environment variable to a token with write access) and run the same command again. "
-            f"{ready_message(plan)}."
+            f"No Hugging Face token found, so nothing was sent to {plan.repo_id}. Run `hf auth login` (or set the "
+            f"HF_TOKEN environment variable to a token with write access) and {plan.again}. {ready_message(plan)}."
         )
-    return upload(plan, token, api if api is not None else HfApi())
+    return upload(plan, token, api if api is not None else HfApi(), revision=revision)
+
+
+def offline_message(plan: PublishPlan) -> str:
+    return (f"Could not reach the Hugging Face Hub to upload to {plan.repo_id}: offline mode is enabled "
+            f"(HF_HUB_OFFLINE=1). Nothing was uploaded. {ready_message(plan)}: unset HF_HUB_OFFLINE (and "
+            f"TRANSFORMERS_OFFLINE) and {plan.again} once online.")
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -205,29 +245,50 @@ def ready_message(plan: PublishPlan) -> str:
             f"({len(plan.files)} files)")
 
 
-def upload(plan: PublishPlan, token: str, api: HfApi) -> PublishPlan:
-    """Create the repo if needed and send the folder in one commit; Hub and network errors become PublishErrors."""
+def one_line(text: Any) -> str:
+    """``text`` with every run of whitespace (a server message's newlines) made one space."""
+    return " ".join(str(text).split())
+
+
+def upload(plan: PublishPlan, token: str, api: HfApi, revision: str | None = None) -> PublishPlan:
+    """Create the repo if needed and send the folder in one commit; Hub and network errors become one-line
+    PublishErrors naming their cause."""
     repo_id = plan.repo_id
+    owner = repo_id.split("/")[0] if "/" in repo_id else "your account"
     try:
         repo_url = api.create_repo(repo_id, private=plan.private, exist_ok=True, token=token)
+        repo_id = getattr(repo_url, "repo_id", None) or repo_id  # a name without its owner: the token's
         commit = api.upload_folder(
             folder_path=str(plan.output_dir),
             repo_id=repo_id,
             commit_message=plan.commit_message,
             ignore_patterns=list(plan.ignore_patterns),  # upload_folder appends its defaults to the list it gets
             token=token,
+            **({"revision": revision} if revision else {}),
         )
+    except OfflineModeIsEnabled as error:
+        raise HubOfflineError(offline_message(plan)) from error
     except network_error_types() as error:
         raise HubUnreachableError(
-            f"Could not reach the Hugging Face Hub to upload to {repo_id} ({type(error).__name__}: {error}). Nothing "
-            f"was uploaded: the upload is a single commit, so the repo holds no partial upload. {ready_message(plan)}: "
-            "run the same command again once online (and without HF_HUB_OFFLINE=1)."
+            f"Could not reach the Hugging Face Hub to upload to {repo_id} ({type(error).__name__}: "
+            f"{one_line(error)}). Nothing was uploaded: the upload is a single commit, so the repo holds no partial "
+            f"upload. {ready_message(plan)}: {plan.again} once online."
         ) from error
     except HfHubHTTPError as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status in (401, 403):
+            cause = ("your token was refused (HTTP 401: invalid or expired)" if status == 401 else
+                     f"your token has no write access to {owner!r} (HTTP 403)")
+            raise HubPermissionError(
+                f"No permission to upload to {repo_id}: {cause}. Check it with `hf auth whoami`, log in with a token "
+                f"that can write there (`hf auth login`, or HF_TOKEN) and {plan.again}. Nothing was uploaded. "
+                f"{ready_message(plan)}."
+            ) from error
         raise HubRefusedError(
-            f"The Hugging Face Hub refused the upload to {repo_id} ({error}). Check that your token has write access "
-            f"to {repo_id.split('/')[0]!r} (`hf auth whoami`). Nothing was uploaded. {ready_message(plan)}."
+            f"The Hugging Face Hub refused the upload to {repo_id} ({one_line(error)}). Check that your token has "
+            f"write access to {owner!r} (`hf auth whoami`). Nothing was uploaded. {ready_message(plan)}."
         ) from error
+    plan.repo_id = repo_id
     plan.uploaded = True
     plan.repo_url = str(repo_url) if repo_url is not None else None
     plan.commit_url = getattr(commit, "commit_url", None)

@@ -2,7 +2,8 @@
 
 :func:`usage_snippet` reproduces :class:`hf_pcoh.features.FeatureExtractor` (a layer, a pooling, the
 normalisation) with plain ``transformers``; :func:`sentence_transformers_snippet` loads a student saved as a
-sentence-transformers model, whose ``modules.json`` does the same.
+sentence-transformers model, whose ``modules.json`` does the same; :func:`text_generation_snippet` runs a
+language-model student (``task: causal_lm``) in transformers' ``text-generation`` pipeline.
 """
 
 from __future__ import annotations
@@ -46,6 +47,29 @@ def sentence_transformers_snippet(model_id: str) -> str:
         "embeddings = model.encode(sentences)",
         "print(embeddings.shape)  # [2, dim]",
         "print(model.similarity(embeddings, embeddings))",
+    ])
+
+
+def text_generation_snippet(model_id: str, closing_token: str | None = None,
+                            prompt: str = "A student distilled from its teacher") -> str:
+    """Python that loads a language-model student with transformers' ``text-generation`` pipeline and continues a
+    prompt greedily. A tokenizer that ends every text with a ``closing_token`` (BERT's ``[SEP]``) would end the
+    prompt with what the student learned as the end of a text: the snippet then leaves it off."""
+    lines = ["from transformers import pipeline", "", f'generator = pipeline("text-generation", model="{model_id}")']
+    if closing_token is None:
+        return "\n".join([
+            *lines,
+            f'outputs = generator("{prompt}", max_new_tokens=20, do_sample=False)',
+            'print(outputs[0]["generated_text"])  # the prompt, then the student\'s continuation',
+        ])
+    return "\n".join([
+        *lines,
+        f'prompt = "{prompt}"',
+        f"# The tokenizer ends every text with {closing_token}, which the student learned as the end: leave it off.",
+        'prompt_ids = generator.tokenizer(prompt)["input_ids"][:-1]',
+        "outputs = generator(generator.tokenizer.decode(prompt_ids), add_special_tokens=False, max_new_tokens=20,",
+        "                    do_sample=False, return_full_text=False)",
+        'print(prompt, "->", outputs[0]["generated_text"])  # the student\'s continuation',
     ])
 
 

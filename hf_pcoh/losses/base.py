@@ -325,6 +325,18 @@ class DistillationLoss(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def untrained_parameters(self, tokens: bool) -> list[str] | None:
+        """The names of this loss's parameters that its value never depends on, as configured, for token features
+        ``[B, T, d]`` (``tokens``) or pooled ones: the trainer freezes them, so that every trainable parameter gets a
+        gradient at every step and DDP need not search for unused ones. ``[]``: all of them train (so for a loss
+        without parameters); None, the default for a loss with parameters: not declared (DDP keeps searching)."""
+        return None if any(True for _ in self.parameters()) else []
+
+    def trains_student(self, tokens: bool) -> bool:
+        """Whether, as configured, the value depends on the student's features (token or pooled): a loss that only
+        fits its own head does not, and DDP then keeps searching for unused parameters."""
+        return True
+
     def scores_row_shares(self) -> bool:
         """Whether, as configured, ``forward(..., rows=...)`` scores only some reference rows of the batch
         (the value then being their mean): processes can share the rows instead of each scoring all."""

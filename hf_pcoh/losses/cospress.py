@@ -332,6 +332,16 @@ class CosPressLoss(DistillationLoss):
                 self.compression[1].weight.copy_(torch.eye(student_dim, teacher_dim))
                 self.compression[1].bias.zero_()
 
+    def untrained_parameters(self, tokens: bool) -> list[str]:
+        """The map ``h`` trains through the similarity-map terms only (``global_map``; ``local_map`` on tokens): the
+        other terms read its output detached, so with those off its parameters never get a gradient."""
+        trains_map = self.lambda_global > 0 or (tokens and self.lambda_local > 0)
+        return [] if trains_map else [name for name, _ in self.named_parameters()]
+
+    def trains_student(self, tokens: bool) -> bool:
+        """The student is trained by ``token`` (and ``feature`` on tokens) only."""
+        return self.lambda_token > 0 or (tokens and self.lambda_feature > 0)
+
     def compress(self, teacher: torch.Tensor) -> torch.Tensor:
         """``h(teacher)``: ``[..., d_t] -> [..., d_s]`` in float32 (gradients reach ``h`` only)."""
         weight = self.compression[1].weight

@@ -78,6 +78,10 @@ class ProjectedMSELoss(DistillationLoss):
         use_linear = projector == "linear" or (projector == "auto" and student_dim != teacher_dim)
         self.projector: nn.Module = nn.Linear(student_dim, teacher_dim, bias=bias) if use_linear else nn.Identity()
 
+    def untrained_parameters(self, tokens: bool) -> list[str]:
+        """The projector (when there is one) takes every value."""
+        return []
+
     def forward(
         self,
         student: torch.Tensor,

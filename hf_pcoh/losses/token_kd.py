@@ -54,7 +54,8 @@ GKD = """@inproceedings{agarwal2024onpolicy,
   title     = {On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes},
   author    = {Agarwal, Rishabh and Vieillard, Nino and Zhou, Yongchao and Stanczyk, Piotr and Ramos, Sabela and Geist, Matthieu and Bachem, Olivier},
   booktitle = {The Twelfth International Conference on Learning Representations (ICLR)},
-  year      = {2024}
+  year      = {2024},
+  note      = {arXiv:2306.13649}
 }"""
 
 

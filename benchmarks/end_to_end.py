@@ -24,13 +24,16 @@ teacher-neighbour recall@10 and dissimilarity Spearman, both with cosine
 (:func:`hf_pcoh.evaluation.evaluate_embeddings`); every student and the teacher are embedded by
 ``SentenceTransformer(folder).encode`` (an hf_pcoh student is saved as a sentence-transformers model).
 With ``rounds`` > 1 the jobs alternate (ABBA: each round reverses the order) and the median wall time
-is reported. ``scripts/bench_end_to_end.py`` is the command line.
+is reported. ``scripts/bench_end_to_end.py`` is the command line. Written to the committed file
+(``benchmarks/results/end_to_end.json``), the JSON also re-renders docs/benchmarks.md's table
+(:func:`end_to_end_table`); ``tests/test_rendered_tables_all.py`` fails when the docs differ from the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import platform
@@ -44,6 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.provenance import REPOSITORY_ROOT
+from benchmarks.rendered_tables import render_into_documents
 from hf_pcoh import DistillationConfig, __version__
 from hf_pcoh.artifacts import write_json
 from hf_pcoh.data import load_splits
@@ -380,4 +385,57 @@ def run_end_to_end(options: EndToEndOptions, progress: Callable[[str], None] | N
         "summary": [dataclasses.asdict(summary) for summary in summaries],
         "table": table,
     })
+    if os.path.realpath(options.output) == os.path.realpath(COMMITTED_RESULT):  # what README and docs quote
+        with open(options.output, encoding="utf-8") as stream:
+            render_into_documents({"end_to_end": end_to_end_table(json.load(stream))})
     return EndToEndReport(summaries, runs, table, setting, options.output)
+
+
+# --------------------------------------------------------------------------- README's and docs' figures
+
+COMMITTED_RESULT = REPOSITORY_ROOT / DEFAULT_OUTPUT
+JOB_LABELS = {
+    SENTENCE_TRANSFORMERS_JOB: "sentence-transformers recipe (`encode` once, `SentenceTransformerTrainer` + `MSELoss`)",
+    "hf_pcoh": "hf_pcoh, the teacher live in every step (the library's default without a recipe)",
+    "hf_pcoh_cache_auto": "hf_pcoh, `teacher_cache: auto` (the `minilm-wordnet` recipe's setting)",
+    "hf_pcoh_group_by_length": "hf_pcoh, `train_sampling_strategy: group_by_length`",
+}
+
+
+def end_to_end_table(result: dict[str, Any]) -> str:
+    """docs/benchmarks.md's table of the result file: one row per job (medians over rounds), the ratio of an
+    hf_pcoh job in bold."""
+    rounds = result["options"]["rounds"]
+    lines = [f"| job | wall time (s), median of {rounds} | samples/s | samples/s ÷ sentence-transformers | "
+             "Trainer.train (s) | teacher-neighbour recall@10 (cosine) | dissimilarity Spearman (cosine) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for job in result["summary"]:
+        ratio = f"{job['ratio_to_sentence_transformers']:.2f}"
+        if job["job"] != SENTENCE_TRANSFORMERS_JOB:
+            ratio = f"**{ratio}**"
+        lines.append(f"| {JOB_LABELS.get(job['job'], job['job'])} | {job['wall_seconds']:.1f} | "
+                     f"{job['samples_per_second']:.1f} | {ratio} | {job['train_seconds']:.1f} | "
+                     f"{job['recall_at_10']:.4f} | {job['spearman']:.4f} |")
+    return "\n".join(lines)
+
+
+def committed_blocks() -> dict[str, str]:
+    with open(COMMITTED_RESULT, encoding="utf-8") as stream:
+        return {"end_to_end": end_to_end_table(json.load(stream))}
+
+
+def quoted_figures() -> dict[str, list[str]]:
+    """The figures README's and docs/benchmarks.md's prose quote from the committed file, by document."""
+    with open(COMMITTED_RESULT, encoding="utf-8") as stream:
+        result = json.load(stream)
+    reference, job = result["summary"][0], result["summary"][1]
+    rounds: dict[int, dict[str, float]] = {}
+    for run in result["runs"]:
+        rounds.setdefault(run["round"], {})[run["job"]] = run["wall_seconds"]
+    per_round = [f"{times[job['job']]:.1f} s against {times[reference['job']]:.1f} s"
+                 for _, times in sorted(rounds.items())]
+    return {
+        "README.md": [f"takes {job['wall_seconds']:.1f} s against {reference['wall_seconds']:.1f} s "
+                      f"({job['ratio_to_sentence_transformers']:.2f}x the samples/s"],
+        "docs/benchmarks.md": [f"round 1: {per_round[0]}; round 2, order reversed: {per_round[1]}"],
+    }

@@ -214,3 +214,27 @@ def table(result: dict[str, Any]) -> str:
         peaks = [record["peak_rss_bytes"] for record in scenario["ranks"]]
         rows.append(f"| {name} | sum | | | | | {sum(peaks) / gib:.2f} | |")
     return "\n".join(rows)
+
+
+def quoted_figures(as_saved: dict[str, Any], bfloat16: dict[str, Any]) -> list[str]:
+    """The figures README quotes from ``host_memory.json`` (teacher as saved, float32) and
+    ``host_memory_bfloat16.json``: the other process (rank 1) with every process loading against only the first
+    loading, resident once the models are built (bfloat16) and at its peak (both); each must appear in README as
+    written here."""
+    gib = 2**30
+
+    def other_process(result: dict[str, Any], scenario: str) -> dict[str, Any]:
+        return result["scenarios"][scenario]["ranks"][1]
+
+    def built(result: dict[str, Any], scenario: str) -> float:
+        return other_process(result, scenario)["stages"]["models_built"]["rss"] / gib
+
+    def peak(result: dict[str, Any], scenario: str) -> float:
+        return other_process(result, scenario)["peak_rss_bytes"] / gib
+
+    every, first = "fsdp2_every_process_loads", "fsdp2_first_process_loads"
+    return [
+        f"{built(bfloat16, every):.2f} -> {built(bfloat16, first):.2f} GiB resident once the models are built",
+        f"({peak(bfloat16, first):.2f} vs {peak(bfloat16, every):.2f} GiB; float32 teacher "
+        f"{peak(as_saved, first):.2f} vs {peak(as_saved, every):.2f} GiB",
+    ]

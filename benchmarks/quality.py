@@ -20,7 +20,9 @@ with a fixed seed), so no row has trained on them, and the teacher embeds them o
 Outputs in ``output_dir``: ``<benchmark>.json`` (every run and the mean/std summary),
 ``<benchmark>.md`` (a table of mean ± std over seeds), ``<benchmark>_quality.png`` (bars with error
 bars: kNN@10 accuracy and teacher-neighbour recall@10) and ``<benchmark>_quality_vs_time.png``.
-``scripts/benchmark.py`` is the command line.
+``scripts/benchmark.py`` is the command line. Written to the committed folder (``benchmarks/results``), the
+files also re-render docs/benchmarks.md's tables (``<!-- rendered:quality_<benchmark> -->``, :func:`quality_table`);
+``tests/test_rendered_tables_all.py`` fails when they differ from the committed files.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ from hf_pcoh.recipes import read_recipe
 from hf_pcoh.teacher_training import TeacherTrainingArguments, train_vision_teacher
 
 from benchmarks.peers import train_sentence_transformers_peer
+from benchmarks.provenance import REPOSITORY_ROOT
+from benchmarks.rendered_tables import render_into_documents
 
 logger = logging.getLogger(__name__)
 
@@ -720,7 +724,63 @@ def write_reports(spec: BenchmarkSpec, options: BenchmarkOptions, settings: dict
     title = f"{spec.name} ({options.scale})"
     plot_quality(summary, files["quality_plot"], title, teacher_metrics)
     plot_quality_vs_time(summary, files["time_plot"], title)
+    if os.path.realpath(options.output_dir) == os.path.realpath(COMMITTED_RESULTS):  # what docs quote
+        with open(files["json"], encoding="utf-8") as stream:
+            render_into_documents({f"quality_{spec.name}": quality_table(json.load(stream))})
     return files
+
+
+# --------------------------------------------------------------------------- docs/benchmarks.md's tables
+
+COMMITTED_RESULTS = REPOSITORY_ROOT / "benchmarks" / "results"
+# (summary key, header) of docs/benchmarks.md's tables; the speed column last, never bold.
+DOC_COLUMNS = (
+    (KNN_METRIC, "10-NN acc."), ("knn_accuracy@1", "1-NN acc."), (AGREEMENT_METRIC, "teacher-neighbour recall@10"),
+    ("dissimilarity_spearman", "dissimilarity Spearman"), ("perception_coherence", "perception coherence"),
+)
+REFERENCE_LABELS = {NO_TEACHER_ROW: "*no teacher (CE on labels)*", PEER_ROW: "*sentence-transformers MSELoss (peer)*"}
+
+
+def parameter_count(parameters: float) -> str:
+    """``22.7 M``, ``308 k``."""
+    return f"{parameters / 1e6:.1f} M" if parameters >= 1e6 else f"{parameters / 1e3:.0f} k"
+
+
+def quality_table(result: dict[str, Any]) -> str:
+    """docs/benchmarks.md's table of one benchmark's result file, with its caption: mean ± std over seeds (3
+    decimals), training seconds, the teacher last; bold: the best of each metric (and any within 0.001 of it) among
+    the distilled students and the peer (the no-teacher reference learns the labels, not the teacher)."""
+    summary, teacher = result["summary"], result["teacher"]
+    competing = [row for row in summary if row != NO_TEACHER_ROW]
+    best = {key: max(round(summary[row][key]["mean"], 3) for row in competing if key in summary[row])
+            for key, _ in DOC_COLUMNS}
+
+    def cell(row: str, key: str) -> str:
+        value = summary[row][key]
+        text = f"{value['mean']:.3f} ± {value['std']:.3f}"
+        near_best = row != NO_TEACHER_ROW and round(best[key] - round(value["mean"], 3), 3) <= 0.001
+        return f"**{text}**" if near_best else text
+
+    lines = [f"Mean ± std over {len(result['seeds'])} seeds, {len(result['runs'])} runs:", "",
+             "| loss / reference | " + " | ".join(header for _, header in DOC_COLUMNS) + " | training s |",
+             "|---|" + "---:|" * (len(DOC_COLUMNS) + 1)]
+    for row, figures in summary.items():
+        label = REFERENCE_LABELS.get(row, f"`{row}`")
+        cells = [cell(row, key) for key, _ in DOC_COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {figures['train_seconds']['mean']:.1f} |")
+    teacher_cells = [f"{teacher[key]:.3f}" if key in teacher else "—" for key, _ in DOC_COLUMNS]
+    lines.append(f"| teacher ({parameter_count(teacher['parameters'])} parameters) | " + " | ".join(teacher_cells)
+                 + " | — |")
+    return "\n".join(lines)
+
+
+def committed_blocks() -> dict[str, str]:
+    """docs/benchmarks.md's tables rendered from the committed ``text.json`` and ``vision.json``."""
+    blocks = {}
+    for benchmark in BENCHMARKS:
+        with open(COMMITTED_RESULTS / f"{benchmark}.json", encoding="utf-8") as stream:
+            blocks[f"quality_{benchmark}"] = quality_table(json.load(stream))
+    return blocks
 
 
 def run_benchmarks(

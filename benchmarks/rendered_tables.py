@@ -4,6 +4,10 @@ A document holds each rendered table between ``<!-- rendered:NAME -->`` and ``<!
 report that owns the table replaces what lies between them (:func:`replace_block`), and a test renders the same
 table from the committed result files and compares it with the committed block (:func:`read_block`), so a number in
 README can never drift from the files it comes from.
+
+:func:`committed_blocks` lists every block with the module that renders it; ``python -m benchmarks.rendered_tables``
+renders them all again from the committed files (the causal-LM study's through its own report), and
+``tests/test_rendered_tables_all.py`` checks them, with the figures that prose quotes from result files.
 """
 
 from __future__ import annotations
@@ -57,3 +61,53 @@ def render_into_file(path: str, blocks: dict[str, str]) -> list[str]:
     with open(path, "w", encoding="utf-8") as stream:
         stream.write(text)
     return replaced
+
+
+# The documents that hold rendered blocks, relative to the repository root.
+DOCUMENTS = ("README.md", "docs/study.md", "docs/benchmarks.md")
+
+
+def render_into_documents(blocks: dict[str, str], documents: tuple[str, ...] = DOCUMENTS) -> dict[str, list[str]]:
+    """Replace the blocks of ``blocks`` in every document of ``documents`` that holds them; the names replaced, by
+    document (a document holding none of them is left untouched)."""
+    from benchmarks.provenance import REPOSITORY_ROOT
+
+    replaced = {}
+    for document in documents:
+        path = REPOSITORY_ROOT / document
+        if any(has_block(path.read_text(encoding="utf-8"), name) for name in blocks):
+            replaced[document] = render_into_file(str(path), blocks)
+    return replaced
+
+
+def committed_blocks() -> dict[str, dict[str, str]]:
+    """Every rendered block, rendered from the committed result files, by the module that owns its result file.
+
+    The causal-LM study's blocks (``benchmarks.lm_study``) are listed too; ``tests/test_rendered_tables.py`` checks
+    them, ``tests/test_rendered_tables_all.py`` the others.
+    """
+    # Imported here: the owners import this module to render their blocks.
+    from benchmarks import default_run, end_to_end, lm_study, quality, study, throughput
+    from benchmarks.provenance import REPOSITORY_ROOT
+
+    return {
+        "benchmarks.default_run": default_run.committed_blocks(),
+        "benchmarks.study": study.committed_blocks(),
+        "benchmarks.quality": quality.committed_blocks(),
+        "benchmarks.throughput": throughput.committed_blocks(),
+        "benchmarks.end_to_end": end_to_end.committed_blocks(),
+        "benchmarks.lm_study": lm_study.rendered_blocks(str(REPOSITORY_ROOT / "benchmarks" / "results" / "study")),
+    }
+
+
+def block_names(text: str) -> list[str]:
+    """The names of the blocks ``text`` opens, in order."""
+    return re.findall(r"<!-- rendered:([A-Za-z0-9_.-]+) -->", text)
+
+
+if __name__ == "__main__":  # python -m benchmarks.rendered_tables: every block again from the committed files
+    for owner, owner_blocks in committed_blocks().items():
+        if owner == "benchmarks.lm_study":  # its own report renders them: scripts/study.py report --benchmarks lm
+            continue
+        for document, names in render_into_documents(owner_blocks).items():
+            print(f"{owner}: {document}: {', '.join(names)}")

@@ -19,9 +19,17 @@ geometry (neighbour recall, kNN, dissimilarity Spearman and empirical perception
   library's docstrings (label-free: agreement metrics only); vision: scikit-learn's handwritten digits
   upscaled to 28x28 (agreement metrics and 10-NN on the digit labels).
 
-Each run writes ``OUTPUT_DIR/<benchmark>/<variant>__seed<k>.json`` as soon as it ends, so a stopped
-study resumes where it stopped (a file whose ``settings`` differ from the current ones is run again).
-``report`` renders the tables and the plot from whatever files exist.
+Each run writes ``OUTPUT_DIR/<benchmark>/<variant>__seed<k>.json`` as soon as it ends, with its ``settings`` and
+its ``provenance`` (git commit and dirty flag, the versions of torch, transformers, accelerate, datasets, hf_pcoh and
+Python, and the corpus: data set and rows used), so a stopped study resumes where it stopped. A stored run is run
+again when its settings differ from the current ones, or its versions or corpus do (a file without provenance
+counts as differing); the commit is recorded but not compared. ``StudyOptions.reuse_any_version``
+(``scripts/study.py run --reuse_any_version``) compares the settings alone.
+
+``report`` renders the tables and the plot from the files of the variants the grid defines now
+(:func:`study_variants`); files of variants no longer in it are named below the table. It also renders the study's
+blocks of README and docs/study.md (:func:`committed_blocks`; ``tests/test_rendered_tables_all.py`` compares them
+with the committed files).
 """
 
 from __future__ import annotations
@@ -42,10 +50,12 @@ import numpy as np
 import torch
 from transformers import AutoModel, set_seed
 
+from benchmarks.provenance import REPOSITORY_ROOT, describe_machine
 from benchmarks.quality import (
     EVALUATION_SEED, RUN_OVERRIDES, BenchmarkSpec, HeldOutSample, benchmark_specs, column_values, ensure_teacher,
     remove_weights, run_config, run_no_teacher_row, run_peer_row,
 )
+from benchmarks.rendered_tables import render_into_documents
 from hf_pcoh.config import DistillationConfig, options_of_used_losses
 from hf_pcoh.data import load_splits
 from hf_pcoh.evaluation import embed, evaluate_embeddings
@@ -63,6 +73,13 @@ HEADLINE = "teacher_neighbour_recall@10"
 TEXT_BATCH = 64
 VISION_BATCH = 128
 VISION_STEPS = 600
+# The out-of-domain sets (see the module docstring): what they are and how many rows.
+OOD_TEXTS = 2000
+OOD_CORPORA = {"text": {"name": "Python standard library docstring summaries", "rows": OOD_TEXTS},
+               "vision": {"name": "scikit-learn digits upscaled to 28x28", "rows": 1797}}
+# The provenance a stored run must share with the current one to be reused (the commit is recorded, not compared).
+COMPARED_VERSIONS = ("torch", "transformers", "accelerate", "datasets", "hf_pcoh", "python")
+COMMITTED_RESULTS = REPOSITORY_ROOT / "benchmarks" / "results" / "study"
 
 
 # --------------------------------------------------------------------------- what is run
@@ -249,7 +266,7 @@ def held_out_sets(spec: BenchmarkSpec, setup: Any) -> dict[str, HeldOutSet]:
         raw[name] = (values[: spec.num_queries], values[spec.num_queries:], labels[: spec.num_queries],
                      labels[spec.num_queries:])
     if setup.modality == "text":
-        texts = python_docstring_summaries(2000)
+        texts = python_docstring_summaries(OOD_TEXTS)
         raw["ood"] = (texts[:1000], texts[1000:], None, None)
     else:
         images, labels = upscaled_digits()
@@ -308,12 +325,61 @@ def comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "recipe": recipe}
 
 
-def stored_result(path: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+def corpus_description(spec: BenchmarkSpec, benchmark: str) -> dict[str, Any]:
+    """The data a run of ``benchmark`` reads: the data set, the rows used of each split, the out-of-domain set."""
+    recipe = spec.recipe
+    held_out_rows = spec.num_queries + spec.num_reference
+    return {"dataset_name": recipe["dataset_name"], "dataset_config_name": recipe.get("dataset_config_name"),
+            "train_split": recipe.get("train_split", "train"), "train_rows": recipe.get("max_train_samples"),
+            "held_out_split": recipe.get("eval_split", "test"),
+            "held_out_rows": {"test": held_out_rows, "validation": held_out_rows},
+            "ood": OOD_CORPORA[benchmark]}
+
+
+def run_provenance(spec: BenchmarkSpec, benchmark: str) -> dict[str, Any]:
+    """Where a run's figures come from: machine, versions, Python, commit and dirty flag, and the corpus."""
+    return json.loads(json.dumps({**describe_machine("cpu"), "corpus": corpus_description(spec, benchmark)},
+                                 sort_keys=True, default=str))
+
+
+def compared_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The part of a provenance that decides reuse: the versions, Python and the corpus (not the commit)."""
+    return {**{key: provenance.get(key) for key in COMPARED_VERSIONS}, "corpus": provenance.get("corpus")}
+
+
+def why_stale(stored: dict[str, Any], settings: dict[str, Any], provenance: dict[str, Any] | None,
+              reuse_any_version: bool = False) -> str | None:
+    """Why a stored run must be run again (None: it is reused).
+
+    The settings must agree; unless ``reuse_any_version``, so must the versions and the corpus of its provenance
+    (``provenance`` is the current one) — a run stored without provenance differs. The git commit never counts.
+    """
+    if comparable(stored.get("settings", {})) != comparable(settings):
+        return "its settings differ"
+    if reuse_any_version:
+        return None
+    if "provenance" not in stored:
+        return "it has no provenance (versions and corpus unknown)"
+    if provenance is None:
+        raise ValueError("the current provenance is needed to compare a stored run's versions and corpus "
+                         "(or reuse_any_version=True)")
+    before, now = compared_provenance(stored["provenance"]), compared_provenance(provenance)
+    differing = [key for key in now if before.get(key) != now[key]]
+    return f"its {', '.join(differing)} differ" if differing else None
+
+
+def stored_result(path: str, settings: dict[str, Any], provenance: dict[str, Any] | None = None,
+                  reuse_any_version: bool = False) -> dict[str, Any] | None:
+    """The run stored at ``path`` when it can be reused (:func:`why_stale`), else None."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as stream:
         stored = json.load(stream)
-    return stored if comparable(stored.get("settings", {})) == comparable(settings) else None
+    reason = why_stale(stored, settings, provenance, reuse_any_version)
+    if reason is not None:
+        logger.info("%s is run again: %s", path, reason)
+        return None
+    return stored
 
 
 def variant_config(spec: BenchmarkSpec, variant: Variant, seed: int, run_dir: str, cache_dir: str) -> DistillationConfig:
@@ -367,11 +433,18 @@ class StudyOptions:
     work_dir: str = "outputs/study"
     teachers_dir: str = "benchmarks/teachers"
     shard: tuple[int, int] = (0, 1)  # (index, count): this process runs every count-th pending run
+    reuse_any_version: bool = False  # reuse stored runs whatever their versions and corpus (settings still compared)
 
 
-def pending_runs(options: StudyOptions, specs: dict[str, BenchmarkSpec]) -> list[tuple[Variant, int]]:
+def pending_runs(options: StudyOptions, specs: dict[str, BenchmarkSpec],
+                 provenance: dict[str, dict[str, Any]] | None = None) -> list[tuple[Variant, int]]:
+    """The (variant, seed) of this shard without a reusable stored run; ``provenance``: the current one per
+    benchmark (default: :func:`run_provenance`)."""
+    if provenance is None and not options.reuse_any_version:
+        provenance = {benchmark: run_provenance(specs[benchmark], benchmark) for benchmark in options.benchmarks}
     runs = []
     for benchmark in options.benchmarks:
+        current = provenance.get(benchmark) if provenance else None
         grid = {variant.name: variant for variant in study_variants(benchmark)}
         names = options.variants or list(grid)
         for name in names:
@@ -380,7 +453,8 @@ def pending_runs(options: StudyOptions, specs: dict[str, BenchmarkSpec]) -> list
             for seed in options.seeds:
                 variant = grid[name]
                 settings = run_settings(specs[benchmark], variant, seed)
-                if stored_result(result_path(options.output_dir, variant, seed), settings) is None:
+                path = result_path(options.output_dir, variant, seed)
+                if stored_result(path, settings, current, options.reuse_any_version) is None:
                     runs.append((variant, seed))
     index, count = options.shard
     return [run for position, run in enumerate(runs) if position % count == index]
@@ -389,7 +463,8 @@ def pending_runs(options: StudyOptions, specs: dict[str, BenchmarkSpec]) -> list
 def run_study(options: StudyOptions) -> list[str]:
     """Run every pending (variant, seed) of this shard, writing one JSON per run; return the paths written."""
     specs = study_specs(options.teachers_dir)
-    runs = pending_runs(options, specs)
+    provenance = {benchmark: run_provenance(specs[benchmark], benchmark) for benchmark in options.benchmarks}
+    runs = pending_runs(options, specs, provenance)
     logger.info("study: %d runs to do in this shard", len(runs))
     written: list[str] = []
     contexts: dict[str, tuple[Any, dict[str, HeldOutSet]]] = {}
@@ -410,7 +485,9 @@ def run_study(options: StudyOptions) -> list[str]:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json(path, {"benchmark": variant.benchmark, "variant": variant.name, "group": variant.group,
                           "seed": seed, "settings": run_settings(spec, variant, seed), **outcome,
-                          "torch_threads": torch.get_num_threads()})
+                          "torch_threads": torch.get_num_threads(),
+                          # re-read: the commit and dirty flag of this moment, versions and corpus as compared
+                          "provenance": run_provenance(spec, variant.benchmark)})
         test = outcome["metrics"]["test"]
         logger.info("[%d/%d] %s %s seed %d: val recall@10 cos %.4f, test recall@10 cos %.4f, %.0f s",
                     number, len(runs), variant.benchmark, variant.name, seed,
@@ -539,27 +616,177 @@ def plot_study(rows: list[RowSummary], path: str, title: str, x_key: str = "diss
     plt.close(figure)
 
 
+def grid_results(results: list[dict[str, Any]], benchmark: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The runs of the variants :func:`study_variants` defines now, and the names of the other variants stored."""
+    grid = {variant.name for variant in study_variants(benchmark)}
+    current = [result for result in results if result["variant"] in grid]
+    others = sorted({result["variant"] for result in results if result["variant"] not in grid})
+    return current, others
+
+
+def three_seed_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the variants run with 3 or more seeds (those reported on test)."""
+    return [r for r in results if sum(o["variant"] == r["variant"] for o in results) >= 3]
+
+
 def write_study_report(output_dir: str, benchmarks: Sequence[str] = ("text", "vision")) -> dict[str, str]:
-    """``study_<benchmark>.md`` (validation: every variant; test: the variants run with 3+ seeds) and a plot each."""
+    """``study_<benchmark>.md`` (validation: every variant of the current grid; test: those run with 3+ seeds) and a
+    plot each; from the committed folder, the study's blocks of README and docs/study.md too."""
     files = {}
     for benchmark in benchmarks:
-        results = load_results(output_dir, benchmark)
+        results, others = grid_results(load_results(output_dir, benchmark), benchmark)
         if not results:
             continue
         validation = summarise_rows([r for r in results if r["seed"] == 0], "validation")
-        full = [r for r in results if sum(o["variant"] == r["variant"] for o in results) >= 3]
+        full = three_seed_results(results)
         test = summarise_rows(full, "test")
         ood = summarise_rows(full, "ood")
         table_path = os.path.join(output_dir, f"study_{benchmark}.md")
         plot_path = os.path.join(output_dir, f"study_{benchmark}.png")
         lines = [f"# Study: {benchmark}", "",
                  "## Screening on the validation split (seed 0; settings are chosen here)", "",
-                 format_study_table(validation), "",
-                 "## Test split and out-of-domain set (variants run with 3 seeds; mean ± std)", "",
-                 format_study_table(test, ood=ood) if test else "(no variant has 3 seeds yet)", "",
-                 f"![{benchmark}]({os.path.basename(plot_path)})", ""]
+                 format_study_table(validation), ""]
+        if others:
+            lines += [f"not in the current grid: {', '.join(others)}", ""]
+        lines += ["## Test split and out-of-domain set (variants run with 3 seeds; mean ± std)", "",
+                  format_study_table(test, ood=ood) if test else "(no variant has 3 seeds yet)", "",
+                  f"![{benchmark}]({os.path.basename(plot_path)})", ""]
         with open(table_path, "w", encoding="utf-8") as stream:
             stream.write("\n".join(lines))
         plot_study(test or validation, plot_path, f"{benchmark}: {'test, 3 seeds' if test else 'validation, seed 0'}")
         files[benchmark] = table_path
+    if files and os.path.realpath(output_dir) == os.path.realpath(COMMITTED_RESULTS):
+        # README and docs quote the committed runs only: a study written elsewhere leaves them alone
+        for document, names in render_into_documents(rendered_blocks(output_dir)).items():
+            logger.info("%s: rendered %s", document, ", ".join(names))
     return files
+
+
+# --------------------------------------------------------------------------- README's and docs' blocks
+
+# docs/study.md's test tables: the finalists of each benchmark, in the order the text discusses them, with a note.
+STUDY_TEST_ROWS = {
+    "text": (
+        ("projected_mse", "(= the sentence-transformers peer, seed 0 identical to every digit)"),
+        ("cospress_identity_ln", "(the `minilm-wordnet` recipe now)"),
+        ("cospress_identity", "(no LayerNorm)"),
+        ("pc_cos_t0.1+projected_mse1", ""),
+        ("pc_cos_t0.1", ""),
+        ("pc_euc_t0.1", "(the old default)"),
+    ),
+    "vision": (
+        ("pc_cos_t0.1+procrustes1", ""),
+        ("procrustes", ""),
+        ("pc_cos_t0.1_sorted", "(the sorted soft rank)"),
+        ("pc_cos_t0.1", ""),
+        ("projected_mse", ""),
+        ("pc_euc_t0.1", "(the old default)"),
+    ),
+}
+# (split, metric key, header)
+STUDY_TEST_COLUMNS = (
+    ("test", "teacher_neighbour_recall@10/cosine", "nbr recall@10"),
+    ("test", "teacher_neighbour_recall@10/euclidean", "nbr recall@10 euc"),
+    ("test", "dissimilarity_spearman/cosine", "Spearman"),
+    ("test", "dissimilarity_spearman/euclidean", "Spearman euc"),
+    ("test", "knn_accuracy@10/cosine", "10-NN"),
+    ("test", "perception_coherence/cosine", "coherence"),
+    ("ood", "teacher_neighbour_recall@10/cosine", "OOD nbr recall@10"),
+    ("ood", "dissimilarity_spearman/cosine", "OOD Spearman"),
+)
+# README's table: one row per loss, the text and the vision variant that stand for it (None: not a finalist there).
+STUDY_SUMMARY_ROWS = (
+    ("perception coherence, old default (euclidean, τ 0.1)", "pc_euc_t0.1", "pc_euc_t0.1"),
+    ("perception coherence, cosine", "pc_cos_t0.1", "pc_cos_t0.1"),
+    ("perception coherence (cosine) + projected MSE", "pc_cos_t0.1+projected_mse1", None),
+    ("perception coherence (cosine) + Procrustes", None, "pc_cos_t0.1+procrustes1"),
+    ("CosPress, map started at the identity (`map_init: identity`, ours)", "cospress_identity_ln", None),
+    ("projected MSE (= the sentence-transformers `MSELoss` recipe)", "projected_mse", "projected_mse"),
+    ("Procrustes", None, "procrustes"),
+)
+STUDY_SUMMARY_COLUMNS = (
+    ("teacher_neighbour_recall@10/cosine", "nbr recall@10"),
+    ("knn_accuracy@10/cosine", "10-NN acc."),
+    ("dissimilarity_spearman/cosine", "Spearman"),
+)
+# A figure is bold when it is within this many units of the last printed digit of its column's best.
+BOLD_WITHIN = 1
+
+
+def thousandths(value: float) -> int:
+    """``value`` as printed with 3 decimals, in thousandths."""
+    return round(float(f"{value:.3f}") * 1000)
+
+
+def mean_and_std(row: RowSummary, key: str, best: float | None) -> str:
+    """``mean ± std`` (3 decimals), bold within :data:`BOLD_WITHIN` thousandths of ``best``."""
+    text = f"{row.means[key]:.3f} ± {row.stds[key]:.3f}"
+    if best is not None and thousandths(best) - thousandths(row.means[key]) <= BOLD_WITHIN:
+        return f"**{text}**"
+    return text
+
+
+def markdown_row(cells: Sequence[str]) -> str:
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+
+def finalist_summaries(results: list[dict[str, Any]]) -> dict[str, dict[str, RowSummary]]:
+    """``{split: {variant: RowSummary}}`` on test and out of domain, of the variants run with 3 or more seeds."""
+    full = three_seed_results(results)
+    return {split: {row.variant: row for row in summarise_rows(full, split)} for split in ("test", "ood")}
+
+
+def require_rows(summaries: dict[str, RowSummary], variants: Sequence[str], benchmark: str) -> None:
+    missing = [variant for variant in variants if variant not in summaries]
+    if missing:
+        raise ValueError(f"{benchmark}: {missing} have fewer than 3 seeds in the result files; run them "
+                         "(scripts/study.py run --variants ... --seeds 0 1 2) or take them out of the table")
+
+
+def study_test_table(results: list[dict[str, Any]], benchmark: str) -> str:
+    """docs/study.md's test table of ``benchmark``: the rows of :data:`STUDY_TEST_ROWS`, every column of
+    :data:`STUDY_TEST_COLUMNS` (mean ± sample std over 3 seeds), bold near each column's best."""
+    summaries = finalist_summaries(results)
+    rows = STUDY_TEST_ROWS[benchmark]
+    require_rows(summaries["test"], [variant for variant, _ in rows], benchmark)
+    best = {(split, key): max(summaries[split][variant].means[key] for variant, _ in rows)
+            for split, key, _ in STUDY_TEST_COLUMNS}
+    lines = [markdown_row(["variant", *(header for _, _, header in STUDY_TEST_COLUMNS)]),
+             "|---|" + "---:|" * len(STUDY_TEST_COLUMNS)]
+    for variant, note in rows:
+        cells = [mean_and_std(summaries[split][variant], key, best[(split, key)])
+                 for split, key, _ in STUDY_TEST_COLUMNS]
+        lines.append(markdown_row([f"`{variant}` {note}".rstrip(), *cells]))
+    return "\n".join(lines)
+
+
+def study_summary_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """README's table: the losses of :data:`STUDY_SUMMARY_ROWS` on text and vision, test split, 3 seeds."""
+    benchmarks = ("text", "vision")
+    summaries = {benchmark: finalist_summaries(results[benchmark])["test"] for benchmark in benchmarks}
+    for index, benchmark in enumerate(benchmarks):
+        require_rows(summaries[benchmark], [row[1 + index] for row in STUDY_SUMMARY_ROWS if row[1 + index]], benchmark)
+    best = {(benchmark, key): max(summaries[benchmark][row[1 + index]].means[key]
+                                  for row in STUDY_SUMMARY_ROWS if row[1 + index])
+            for index, benchmark in enumerate(benchmarks) for key, _ in STUDY_SUMMARY_COLUMNS}
+    headers = [f"{benchmark}: {header}" for benchmark in benchmarks for _, header in STUDY_SUMMARY_COLUMNS]
+    lines = [markdown_row(["test split, 3 seeds", *headers]), "|---|" + "---:|" * len(headers)]
+    for label, *variants in STUDY_SUMMARY_ROWS:
+        cells = [mean_and_std(summaries[benchmark][variant], key, best[(benchmark, key)]) if variant else ""
+                 for benchmark, variant in zip(benchmarks, variants) for key, _ in STUDY_SUMMARY_COLUMNS]
+        lines.append(markdown_row([label, *cells]))
+    return "\n".join(lines)
+
+
+def rendered_blocks(output_dir: str) -> dict[str, str]:
+    """The study's blocks of README (``study_summary``) and docs/study.md (``study_<benchmark>_test``), from the
+    files of the current grid's variants in ``output_dir``."""
+    results = {benchmark: grid_results(load_results(output_dir, benchmark), benchmark)[0]
+               for benchmark in ("text", "vision")}
+    return {"study_summary": study_summary_table(results),
+            **{f"study_{benchmark}_test": study_test_table(results[benchmark], benchmark) for benchmark in results}}
+
+
+def committed_blocks() -> dict[str, str]:
+    """:func:`rendered_blocks` of the committed result files."""
+    return rendered_blocks(str(COMMITTED_RESULTS))

@@ -19,12 +19,16 @@ Collation and host-to-device copies are done before timing and are excluded from
 loss gets its own row: its four variants take turns batch by batch, each round starting one variant
 later (so a busy spell of a shared machine, or running after a given neighbour, favours none of them);
 the first ``warmup`` rounds are not timed, and each figure is the median over the remaining rounds.
+
+docs/benchmarks.md's ratio table of the vision recipe is rendered from the committed JSON files
+(:func:`committed_blocks`); ``scripts/bench_throughput.py --json`` into one of them renders it again.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import statistics
 import time
@@ -37,7 +41,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer
 
-from benchmarks.provenance import cpu_name
+from benchmarks.provenance import REPOSITORY_ROOT, cpu_name
+from benchmarks.rendered_tables import render_into_documents
 from hf_pcoh import LOSSES, DistillationConfig, DistillationTrainer, FeatureExtractor, Features
 from hf_pcoh.config import options_of_used_losses
 from hf_pcoh.data import load_splits
@@ -445,3 +450,77 @@ def markdown_table(rows: Sequence[ThroughputRow]) -> str:
         *notes,
     ]
     return "\n".join(lines)
+
+
+# ---- docs/benchmarks.md ------------------------------------------------------------------------------
+COMMITTED_RESULTS = REPOSITORY_ROOT / "benchmarks" / "results"
+# Each block: the result files it shows, one figure per file in each cell ("first / second") where a loss is in both.
+RATIO_TABLES = {"throughput_vision": ("throughput_vision.json", "throughput_vision_pc.json")}
+# The order docs/benchmarks.md lists the losses in (others after them).
+TABLE_LOSS_ORDER = ("procrustes", "gram", "cka", "cospress", "projected_mse", "perception_coherence", "rkd_distance")
+
+
+def ratio_table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per loss: the step ratio, the cached-step ratio and the epoch ratio of each result file."""
+    step = [{row["loss"]: row for row in result["rows"]} for result in results]
+    epoch = [{row["loss"]: row for row in result.get("epoch_rows", [])} for result in results]
+    losses = list(dict.fromkeys(loss for rows in step for loss in rows))
+    losses.sort(key=lambda loss: TABLE_LOSS_ORDER.index(loss) if loss in TABLE_LOSS_ORDER else len(TABLE_LOSS_ORDER))
+    first = results[0]["rows"][0]
+    epoch_target = next((row["target"] for rows in epoch for row in rows.values()), CACHE_TARGET)
+
+    def figures(tables: list[dict[str, dict[str, Any]]], loss: str, key: str) -> str:
+        return " / ".join(f"{rows[loss][key]:.2f}" for rows in tables if loss in rows) or "—"
+
+    lines = [f"| loss | distillation step / (teacher + plain step) ≤ {first['distillation_target']:.2f} | "
+             f"cache step / plain step | epoch from cache / plain epoch ≤ {epoch_target:.2f} |",
+             "|---|---:|---:|---:|"]
+    for loss in losses:
+        lines.append(f"| {loss} | {figures(step, loss, 'distillation_ratio')} | {figures(step, loss, 'cache_ratio')} | "
+                     f"{figures(epoch, loss, 'ratio')} |")
+    return "\n".join(lines)
+
+
+def read_result(name: str) -> dict[str, Any]:
+    with open(COMMITTED_RESULTS / name, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+def committed_blocks() -> dict[str, str]:
+    """docs/benchmarks.md's ratio tables rendered from the committed JSON files."""
+    return {block: ratio_table([read_result(name) for name in names]) for block, names in RATIO_TABLES.items()}
+
+
+def render_if_committed(path: str) -> list[str]:
+    """After ``scripts/bench_throughput.py --json PATH``: the blocks rendered again when PATH is a committed file."""
+    names = {os.path.realpath(COMMITTED_RESULTS / name) for files in RATIO_TABLES.values() for name in files}
+    if os.path.realpath(path) not in names:
+        return []
+    return [name for names in render_into_documents(committed_blocks()).values() for name in names]
+
+
+def figure_range(values: Sequence[float], decimals: int) -> str:
+    """``low–high`` at ``decimals`` decimals."""
+    return f"{min(values):.{decimals}f}–{max(values):.{decimals}f}"
+
+
+def quoted_figures() -> list[str]:
+    """The figures docs/benchmarks.md's prose quotes from the committed files (each must appear as written here)."""
+    vision, vision_again, text = (read_result(name) for name in (
+        "throughput_vision.json", "throughput_vision_pc.json", "throughput_text.json"))
+    costly = ("perception_coherence", "cospress")
+    costly_rows = [row for result in (vision, vision_again) for row in result["rows"] if row["loss"] in costly]
+    costly_epochs = [row for result in (vision, vision_again) for row in result["epoch_rows"] if row["loss"] in costly]
+    text_epochs = [row["ratio"] for row in text["epoch_rows"]]
+    milliseconds = [1e3 * row["plain_seconds"] for row in vision["rows"]]
+    return [
+        f"plain step is {figure_range(milliseconds, 0)} ms here",
+        f"{figure_range([1e3 * row['teacher_seconds'] for row in text['rows']], 0)} ms a forward",
+        f"beside a {figure_range([row['plain_seconds'] for row in text['rows']], 2)} s plain student step",
+        f"every loss at {figure_range([row['distillation_ratio'] for row in text['rows']], 2)} (distillation step), "
+        f"{figure_range([row['cache_ratio'] for row in text['rows']], 2)} (cache step) and "
+        f"{figure_range(text_epochs, 2)} (epoch from the cache)",
+        f"of a {figure_range([1e3 * row['plain_seconds'] for row in costly_rows], 0)} ms step",
+        f"per epoch {figure_range([row['ratio'] for row in costly_epochs], 2)}, per step without data loading "
+        f"{figure_range([row['cache_ratio'] for row in costly_rows], 2)}",
+    ]

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from datasets import ClassLabel, Dataset
+from huggingface_hub import is_offline_mode
 from transformers import PreTrainedModel
 
 from .collator import DistillationCollator
 from .config import DistillationConfig
 from .data import is_streamed
 from .data.sources import column_names
+from .errors import HubOfflineError
 from .setup_data import IMAGE_COLUMNS, TEXT_COLUMNS, check_steps_to_train, check_text_column, is_text_feature
 from .setup_data import labels_as_class_ids
 from .setup_models import build_trainer_inputs
@@ -198,6 +200,10 @@ def resolve_trainer_inputs(
         raise ValueError(f"args must be a DistillationConfig (output_dir, layers, losses...), got {type(args).__name__}")
     if train_dataset is None:
         raise ValueError("train_dataset is required: distillation sizes its losses on two training rows")
+    if args.push_to_hub and is_offline_mode():
+        # The Trainer would create the Hub repository now and fail with huggingface_hub's raw error.
+        raise HubOfflineError("push_to_hub is set but the Hub is offline (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE, or "
+                              "train with push_to_hub off and call trainer.push_to_hub() once online")
     if peft_config is not None and importlib.util.find_spec("peft") is None:
         raise ValueError("peft_config needs the peft package: pip install 'hf_pcoh[peft]'")
     if collator is None:  # the caller's own data (a built setup's collator comes with the data it checked)

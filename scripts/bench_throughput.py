@@ -25,7 +25,7 @@ from transformers.utils import logging as transformers_logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.cache_epochs import epoch_markdown_table, measure_cache_epochs  # noqa: E402
-from benchmarks.throughput import describe_machine, markdown_table, measure_recipe  # noqa: E402
+from benchmarks.throughput import describe_machine, markdown_table, measure_recipe, render_if_committed  # noqa: E402
 
 DEFAULT_RECIPES = ["minilm-wordnet", "fashion-mnist"]
 
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump(payload, stream, indent=2)
+        rendered = render_if_committed(args.json)  # a committed file: docs/benchmarks.md's table follows it
+        if rendered:
+            print(f"rendered into docs: {', '.join(rendered)}", file=sys.stderr)
     return 0
 
 

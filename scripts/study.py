@@ -4,6 +4,7 @@ causal-LM study (``--benchmarks lm``): benchmarks/lm_study.py.
     python scripts/study.py run --benchmarks text vision --seeds 0            # the screening grid
     python scripts/study.py run --variants pc_cos_t0.1 projected_mse --seeds 0 1 2
     python scripts/study.py run --shard 1/2 ...                               # every 2nd pending run
+    python scripts/study.py run --reuse_any_version ...                       # keep runs of other library versions
     python scripts/study.py report
     python scripts/study.py run --benchmarks lm --seeds 0                     # LM: every arm at both weights
     python scripts/study.py run --benchmarks lm --seeds 1 2                   # LM: the chosen weights' other seeds
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default="outputs/study")
     parser.add_argument("--shard", default="0/1", help="INDEX/COUNT: run every COUNT-th pending run")
     parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--reuse_any_version", action="store_true",
+                        help="text/vision: reuse a stored run whose settings match whatever its library versions and "
+                             "corpus (default: run it again when they differ; a run stored without them differs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     embedding_benchmarks = [benchmark for benchmark in args.benchmarks if benchmark != "lm"]
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(limits=1, user_api="blas"):
         if embedding_benchmarks:
             options = StudyOptions(embedding_benchmarks, args.seeds, args.variants, args.output_dir, args.work_dir,
-                                   shard=(index, count))
+                                   shard=(index, count), reuse_any_version=args.reuse_any_version)
             for path in run_study(options):
                 print(path)
         if "lm" in args.benchmarks:

@@ -284,3 +284,16 @@ def test_the_command_lines_push_blames_offline_mode_not_the_missing_token(tmp_pa
     assert code == 1 and "Traceback" not in stderr
     assert "offline mode is enabled (HF_HUB_OFFLINE=1)" in line and "token" not in line
     assert "me/tiny-student" in (output_dir / "README.md").read_text(encoding="utf-8")
+
+
+def test_push_to_hub_in_the_config_while_offline_is_refused_in_one_line_before_any_hub_call(tmp_path, model_dirs,
+                                                                                           glosses, monkeypatch) -> None:
+    """The Trainer would create the repository when built and fail with huggingface_hub's raw error."""
+    train, _ = glosses
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(HfApi, "create_repo", forbidden)
+    with pytest.raises(errors.HubOfflineError, match=r"push_to_hub is set but the Hub is offline") as raised:
+        DistillationTrainer(model=model_dirs["student"], teacher_model=model_dirs["teacher"], train_dataset=train,
+                            args=config(tmp_path / "out", max_steps=1, eval_strategy="no", push_to_hub=True,
+                                        hub_model_id="me/tiny-student"))
+    assert "\n" not in str(raised.value)

@@ -1,14 +1,29 @@
 """The study's grid and bookkeeping (benchmarks.study): what each variant trains, that a recipe's loss options never
-leak into a variant, equal epochs across batch sizes, and resume/sharding of the stored runs."""
+leak into a variant, equal epochs across batch sizes, resume/sharding of the stored runs, when a stored run is run
+again (settings, versions, corpus; never the commit alone), and a report of the current grid only."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
+from benchmarks.provenance import REPOSITORY_ROOT
 from benchmarks.study import (
-    StudyOptions, pending_runs, result_path, run_settings, stored_result, study_specs, study_variants, variant_config,
+    StudyOptions, corpus_description, pending_runs, result_path, run_settings, stored_result, study_specs,
+    study_variants, variant_config, write_study_report,
 )
 from hf_pcoh.artifacts import write_json
+
+COMMITTED = REPOSITORY_ROOT / "benchmarks" / "results" / "study"
+
+
+def provenance(specs, benchmark: str = "vision", **changes) -> dict:
+    """A run's provenance as :func:`benchmarks.study.run_provenance` records it, with ``changes``."""
+    recorded = {"device": "cpu", "gpu": None, "cpu": "a CPU, 2 cores", "torch": "2.13.0+cpu", "transformers": "5.25.0",
+                "accelerate": "1.16.0", "datasets": "5.2.0", "hf_pcoh": "0.1.0", "python": "3.11.7",
+                "git_sha": "0" * 40, "git_dirty": False, "corpus": corpus_description(specs[benchmark], benchmark)}
+    return {**recorded, **changes}
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +70,95 @@ def test_stored_runs_are_resumed_and_shards_split_the_pending_ones(specs, tmp_pa
     assert [variant.name for variant, _ in everything] == ["gram", "cka", "procrustes"]
     gram = everything[0][0]
     (tmp_path / "vision").mkdir()
-    write_json(result_path(str(tmp_path), gram, 0), {"settings": run_settings(specs["vision"], gram, 0)})
-    assert stored_result(result_path(str(tmp_path), gram, 0), run_settings(specs["vision"], gram, 0)) is not None
-    remaining = pending_runs(options, specs)
+    current = {"vision": provenance(specs)}
+    write_json(result_path(str(tmp_path), gram, 0), {"settings": run_settings(specs["vision"], gram, 0),
+                                                     "provenance": current["vision"]})
+    assert stored_result(result_path(str(tmp_path), gram, 0), run_settings(specs["vision"], gram, 0),
+                         current["vision"]) is not None
+    remaining = pending_runs(options, specs, current)
     assert [variant.name for variant, _ in remaining] == ["cka", "procrustes"]
-    halves = [pending_runs(StudyOptions(**{**options.__dict__, "shard": (index, 2)}), specs) for index in (0, 1)]
+    halves = [pending_runs(StudyOptions(**{**options.__dict__, "shard": (index, 2)}), specs, current)
+              for index in (0, 1)]
     assert sorted(variant.name for half in halves for variant, _ in half) == ["cka", "procrustes"]
     assert all(len(half) == 1 for half in halves)
     changed = run_settings(specs["vision"], gram, 1)  # another seed: not the stored run
-    assert stored_result(result_path(str(tmp_path), gram, 0), changed) is None
+    assert stored_result(result_path(str(tmp_path), gram, 0), changed, current["vision"]) is None
+
+
+@pytest.mark.parametrize(("change", "reuse_any_version", "reused"), [
+    ("nothing", False, True),
+    ("the commit and dirty flag only", False, True),
+    ("the settings", False, False),
+    ("the settings", True, False),
+    ("a library version", False, False),
+    ("the Python version", False, False),
+    ("the corpus", False, False),
+    ("a library version", True, True),
+    ("the corpus", True, True),
+    ("no provenance: a file written before it was recorded", False, False),
+    ("no provenance: a file written before it was recorded", True, True),
+])
+def test_a_stored_run_is_run_again_when_its_settings_versions_or_corpus_differ(specs, tmp_path, change: str,
+                                                                             reuse_any_version: bool,
+                                                                             reused: bool) -> None:
+    variant = {variant.name: variant for variant in study_variants("vision")}["gram"]
+    settings, current = run_settings(specs["vision"], variant, 0), provenance(specs)
+    stored = {"settings": settings, "provenance": current}
+    if change == "the commit and dirty flag only":
+        stored["provenance"] = {**current, "git_sha": "1" * 40, "git_dirty": True}
+    elif change == "the settings":
+        stored["settings"] = run_settings(specs["vision"], variant, 1)
+    elif change == "a library version":
+        stored["provenance"] = {**current, "transformers": "5.24.0"}
+    elif change == "the Python version":
+        stored["provenance"] = {**current, "python": "3.10.12"}
+    elif change == "the corpus":
+        stored["provenance"] = {**current, "corpus": {**current["corpus"], "train_rows": 10000}}
+    elif change.startswith("no provenance"):
+        del stored["provenance"]
+    path = result_path(str(tmp_path), variant, 0)
+    (tmp_path / "vision").mkdir()
+    write_json(path, stored)
+    assert (stored_result(path, settings, current, reuse_any_version) is not None) == reused
+    options = StudyOptions(benchmarks=("vision",), seeds=(0,), variants=["gram"], output_dir=str(tmp_path),
+                           reuse_any_version=reuse_any_version)
+    assert [v.name for v, _ in pending_runs(options, specs, {"vision": current})] == ([] if reused else ["gram"])
+
+
+def test_the_corpus_names_the_data_and_the_rows_each_benchmark_reads(specs) -> None:
+    text, vision = corpus_description(specs["text"], "text"), corpus_description(specs["vision"], "vision")
+    assert (text["dataset_name"], text["train_rows"]) == ("wordnet_glosses", 16000)
+    assert text["held_out_rows"] == {"test": 2000, "validation": 2000} and text["ood"]["rows"] == 2000
+    assert (vision["dataset_name"], vision["train_rows"]) == ("fashion_mnist", 20000)
+    assert vision["held_out_rows"] == {"test": 3000, "validation": 3000} and vision["ood"]["rows"] == 1797
+
+
+def stored_run(variant: str, seed: int, recall: float) -> dict:
+    metrics = {"teacher_neighbour_recall@10/cosine": recall, "dissimilarity_spearman/cosine": 0.8}
+    return {"benchmark": "vision", "variant": variant, "group": "grid", "seed": seed, "train_seconds": 10.0,
+            "metrics": {"validation": metrics, "test": metrics, "ood": metrics}}
+
+
+def test_the_report_shows_the_current_grid_and_names_the_other_stored_variants(tmp_path) -> None:
+    readme = (REPOSITORY_ROOT / "README.md").read_text(encoding="utf-8")
+    (tmp_path / "vision").mkdir()
+    for variant in ("pc_cos_t0.1", "pc_retired_option", "gram_old_name"):
+        for seed in (0, 1, 2):
+            write_json(tmp_path / "vision" / f"{variant}__seed{seed}.json", stored_run(variant, seed, 0.3 + seed / 100))
+    table_path = write_study_report(str(tmp_path), ["vision"])["vision"]
+    with open(table_path, encoding="utf-8") as stream:
+        report = stream.read()
+    assert report.count("| `pc_cos_t0.1` |") == 2  # the validation row and the test row
+    assert "`pc_retired_option`" not in report and "`gram_old_name`" not in report
+    assert "\nnot in the current grid: gram_old_name, pc_retired_option\n" in report
+    # a report written elsewhere than the committed folder leaves README and docs alone
+    assert (REPOSITORY_ROOT / "README.md").read_text(encoding="utf-8") == readme
+
+
+def test_the_report_renders_the_committed_tables_again_from_files_without_provenance(tmp_path) -> None:
+    for benchmark in ("text", "vision"):
+        shutil.copytree(COMMITTED / benchmark, tmp_path / benchmark)
+    files = write_study_report(str(tmp_path), ["text", "vision"])
+    for benchmark, path in files.items():
+        with open(path, encoding="utf-8") as rendered:
+            assert rendered.read() == (COMMITTED / f"study_{benchmark}.md").read_text(encoding="utf-8"), benchmark

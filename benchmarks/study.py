@@ -30,11 +30,17 @@ counts as differing); the commit is recorded but not compared. ``StudyOptions.re
 (:func:`study_variants`); files of variants no longer in it are named below the table. It also renders the study's
 blocks of README and docs/study.md (:func:`committed_blocks`; ``tests/test_rendered_tables_all.py`` compares them
 with the committed files).
+
+The experiment registered in docs/study.md ("Registered before it runs") is a group of its own,
+:func:`registered_variants` (names ``reg_*``, text only): run by name only (``--variants``), never by a plain ``run``,
+shown in a screening table of its own and in none of the grid's tables. Its rows train the ``minilm-wordnet`` recipe
+as it ships — ``max_length`` 64, which the run's measurement uses too, and 250 steps whatever the batch.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import logging
 import math
@@ -168,6 +174,94 @@ def study_variants(benchmark: str) -> list[Variant]:
                          ("projected_mse", {"losses": ("projected_mse",)}), ("procrustes", {"losses": ("procrustes",)})):
         add(f"narrow_{name}", "narrow student", overrides=narrow, **kwargs)
     return rows
+
+
+# The registered experiment (docs/study.md, "Registered before it runs"): the minilm-wordnet recipe as it ships
+# (max_length 64; the study's other text rows use 32), 250 steps of 64 (the 16,000 glosses once), and rows that
+# change the batch keep the 250 steps (equal steps, not epochs: the glosses are then seen B / 64 times).
+REGISTERED_PREFIX = "reg_"
+REGISTERED_MAX_LENGTH = 64
+REGISTERED_STEPS = 250
+REGISTERED_DECAYS_PER_RANK = (0.1, 0.3)  # lambda' of two-sided locality, per integer rank
+REGISTERED_TOP_K = (10, 30)
+REGISTERED_BATCHES = (256, 512, 1024)
+REGISTERED_MIXTURE_WEIGHTS = (0.1, 0.3)
+# The anchors the best two candidates are added to, with their loss options.
+REGISTERED_ANCHORS = {"projected_mse": ("projected_mse", {}),
+                      "cospress_identity_ln": ("cospress", {"cospress": {"map_init": "identity"}})}
+
+
+def registered_pc(temperature: float = 0.1, **options: Any) -> dict[str, dict[str, Any]]:
+    """``loss_kwargs`` of the registration's ``pc``: cosine perception coherence with the sorted soft rank."""
+    return pc(temperature, "cosine", soft_rank="sorted", **options)
+
+
+def registered_candidates(batch: int = TEXT_BATCH) -> dict[str, dict[str, dict[str, Any]]]:
+    """Candidates 1-3 of the registration, ``name -> loss_kwargs``: two-sided locality (its decay ``lambda'`` per
+    integer rank is ``locality = 1 / ((B - 2) lambda')``, see ``hf_pcoh/losses/perception_coherence.py``), top-k,
+    sharper ranks."""
+    candidates = {f"pc_two_sided{decay:g}": registered_pc(locality=1.0 / ((batch - 2) * decay), locality_sides="both")
+                  for decay in REGISTERED_DECAYS_PER_RANK}
+    candidates.update({f"pc_top{k}": registered_pc(top_k=k) for k in REGISTERED_TOP_K})
+    candidates.update({f"pc_t{temperature:g}": registered_pc(temperature) for temperature in (0.03, 0.05)})
+    candidates["pc_t0.05_hard"] = registered_pc(0.05, hard_teacher_ranks=True)
+    return candidates
+
+
+def registered_variants(benchmark: str) -> list[Variant]:
+    """The registered experiment's rows (text only; ``reg_`` + the names below), at its setting
+    (:data:`REGISTERED_MAX_LENGTH`, :data:`REGISTERED_STEPS` steps):
+
+    1-3. ``pc_two_sided{lambda'}``, ``pc_top{k}``, ``pc_t{tau}``, ``pc_t0.05_hard`` (:func:`registered_candidates`);
+    4. ``pc_b{B}`` and ``projected_mse_b{B}``, B in 256, 512, 1024 (learning rate x sqrt(B/64), 250 steps);
+    6. ``{anchor}+{candidate}_w{w}``: a candidate of 1-3 at weight w in 0.1, 0.3 beside the anchor (projected MSE or
+       CosPress with the identity map and the recipe's LayerNorm) at weight 1 — every candidate has its rows, so
+       the best two, chosen by the screening, run by name;
+    7. controls ``projected_mse`` and ``cospress_identity_ln`` (the recipe itself);
+
+    and ``pc_t0.1``, the plain ``pc`` at the setting: a reference row, not a candidate (the choice rule passes it
+    over). Arm 5 (teacher-neighbour batches) needs a sampler the library does not have: it has no row.
+    """
+    if benchmark != "text":
+        return []
+    setting = {"max_length": REGISTERED_MAX_LENGTH, "max_steps": REGISTERED_STEPS}
+    rows: list[Variant] = []
+
+    def add(name: str, group: str, **kwargs: Any) -> None:
+        overrides = {**setting, **kwargs.pop("overrides", {})}
+        rows.append(Variant(name=REGISTERED_PREFIX + name, benchmark=benchmark, group=f"registered: {group}",
+                            overrides=overrides, **kwargs))
+
+    candidates = registered_candidates()
+    for name, loss_kwargs in candidates.items():
+        options = loss_kwargs["perception_coherence"]
+        group = ("two-sided locality" if "locality_sides" in options else "top-k" if "top_k" in options
+                 else "sharper ranks")
+        add(name, group, loss_kwargs=loss_kwargs)
+    for batch in REGISTERED_BATCHES:
+        overrides = batch_overrides(batch, TEXT_BATCH, 1e-4)  # no base_steps: the 250 steps stay
+        add(f"pc_b{batch}", "batch at equal steps", loss_kwargs=registered_pc(), overrides=overrides)
+        add(f"projected_mse_b{batch}", "batch at equal steps", losses=("projected_mse",), overrides=overrides)
+    for anchor, (loss, anchor_kwargs) in REGISTERED_ANCHORS.items():
+        add(anchor, "controls", losses=(loss,), loss_kwargs=anchor_kwargs)
+        for name, loss_kwargs in candidates.items():
+            for weight in REGISTERED_MIXTURE_WEIGHTS:
+                add(f"{anchor}+{name}_w{weight:g}", "mixtures", losses=(loss, "perception_coherence"),
+                    loss_weights=(1.0, weight), loss_kwargs={**anchor_kwargs, **loss_kwargs})
+    add("pc_t0.1", "reference (not a candidate)", loss_kwargs=registered_pc())
+    return rows
+
+
+def registered_screening_names(benchmark: str = "text") -> list[str]:
+    """The rows of the registered screening (seed 0): every candidate of 1-4 and both controls — not the mixtures,
+    which wait for the best two candidates, nor the reference row."""
+    return [variant.name for variant in registered_variants(benchmark)
+            if variant.group not in ("registered: mixtures", "registered: reference (not a candidate)")]
+
+
+def known_variants(benchmark: str) -> dict[str, Variant]:
+    """Every variant a run may name: the grid's and the registered experiment's, by name."""
+    return {variant.name: variant for variant in (*study_variants(benchmark), *registered_variants(benchmark))}
 
 
 def narrow_student(benchmark: str) -> dict[str, Any]:
@@ -401,6 +495,15 @@ class StudySample(HeldOutSample):
         return {}
 
 
+def measurement_spec(spec: BenchmarkSpec, variant: Variant) -> BenchmarkSpec:
+    """The spec a variant is measured under: the benchmark's, with the variant's own ``max_length`` when it sets one
+    (the registered rows train and are measured at the recipe's 64 tokens; the teacher's held-out embeddings too)."""
+    max_length = variant.overrides.get("max_length")
+    if max_length is None or max_length == spec.recipe.get("max_length"):
+        return spec
+    return dataclasses.replace(spec, recipe={**spec.recipe, "max_length": max_length})
+
+
 def train_variant(spec: BenchmarkSpec, variant: Variant, seed: int, run_dir: str, cache_dir: str,
                   sets: dict[str, HeldOutSet], setup: Any) -> dict[str, Any]:
     """Train one (variant, seed) and measure it; the peer and no-teacher rows reuse the quality benchmark's."""
@@ -445,13 +548,13 @@ def pending_runs(options: StudyOptions, specs: dict[str, BenchmarkSpec],
     runs = []
     for benchmark in options.benchmarks:
         current = provenance.get(benchmark) if provenance else None
-        grid = {variant.name: variant for variant in study_variants(benchmark)}
-        names = options.variants or list(grid)
+        known = known_variants(benchmark)
+        names = options.variants or [variant.name for variant in study_variants(benchmark)]  # registered: by name only
         for name in names:
-            if name not in grid:
+            if name not in known:
                 continue
             for seed in options.seeds:
-                variant = grid[name]
+                variant = known[name]
                 settings = run_settings(specs[benchmark], variant, seed)
                 path = result_path(options.output_dir, variant, seed)
                 if stored_result(path, settings, current, options.reuse_any_version) is None:
@@ -467,16 +570,19 @@ def run_study(options: StudyOptions) -> list[str]:
     runs = pending_runs(options, specs, provenance)
     logger.info("study: %d runs to do in this shard", len(runs))
     written: list[str] = []
-    contexts: dict[str, tuple[Any, dict[str, HeldOutSet]]] = {}
+    contexts: dict[tuple[str, Any], tuple[Any, dict[str, HeldOutSet]]] = {}
     for number, (variant, seed) in enumerate(runs, 1):
         spec = specs[variant.benchmark]
-        if variant.benchmark not in contexts:
+        measured = measurement_spec(spec, variant)
+        context = (variant.benchmark, measured.recipe.get("max_length"))
+        if context not in contexts:
             if spec.teacher is not None:
                 ensure_teacher(spec.teacher)
-            base = run_config(spec, ["projected_mse"], 0, os.path.join(options.work_dir, variant.benchmark, "setup"))
+            folder = "setup" if measured is spec else f"setup_max_length{context[1]}"
+            base = run_config(measured, ["projected_mse"], 0, os.path.join(options.work_dir, variant.benchmark, folder))
             setup = build_setup(base)
-            contexts[variant.benchmark] = (setup, held_out_sets(spec, setup))
-        setup, sets = contexts[variant.benchmark]
+            contexts[context] = (setup, held_out_sets(measured, setup))
+        setup, sets = contexts[context]
         run_dir = os.path.join(options.work_dir, variant.benchmark, variant.name, f"seed{seed}")
         # One cache folder per shard: two processes must not build the same cache at once.
         cache_dir = os.path.join(options.work_dir, f"teacher_cache_shard{options.shard[0]}")
@@ -617,11 +723,19 @@ def plot_study(rows: list[RowSummary], path: str, title: str, x_key: str = "diss
 
 
 def grid_results(results: list[dict[str, Any]], benchmark: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The runs of the variants :func:`study_variants` defines now, and the names of the other variants stored."""
+    """The runs of the variants :func:`study_variants` defines now, and the names of the other variants stored
+    (the registered experiment's apart: :func:`registered_results`)."""
     grid = {variant.name for variant in study_variants(benchmark)}
+    registered = {variant.name for variant in registered_variants(benchmark)}
     current = [result for result in results if result["variant"] in grid]
-    others = sorted({result["variant"] for result in results if result["variant"] not in grid})
+    others = sorted({result["variant"] for result in results if result["variant"] not in grid | registered})
     return current, others
+
+
+def registered_results(results: list[dict[str, Any]], benchmark: str) -> list[dict[str, Any]]:
+    """The runs of the registered experiment's variants (:func:`registered_variants`)."""
+    registered = {variant.name for variant in registered_variants(benchmark)}
+    return [result for result in results if result["variant"] in registered]
 
 
 def three_seed_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -634,7 +748,9 @@ def write_study_report(output_dir: str, benchmarks: Sequence[str] = ("text", "vi
     plot each; from the committed folder, the study's blocks of README and docs/study.md too."""
     files = {}
     for benchmark in benchmarks:
-        results, others = grid_results(load_results(output_dir, benchmark), benchmark)
+        stored = load_results(output_dir, benchmark)
+        results, others = grid_results(stored, benchmark)
+        registered = [result for result in registered_results(stored, benchmark) if result["seed"] == 0]
         if not results:
             continue
         validation = summarise_rows([r for r in results if r["seed"] == 0], "validation")
@@ -651,6 +767,9 @@ def write_study_report(output_dir: str, benchmarks: Sequence[str] = ("text", "vi
         lines += ["## Test split and out-of-domain set (variants run with 3 seeds; mean ± std)", "",
                   format_study_table(test, ood=ood) if test else "(no variant has 3 seeds yet)", "",
                   f"![{benchmark}]({os.path.basename(plot_path)})", ""]
+        if registered:
+            lines += ["## The registered experiment (docs/study.md): screening on the validation split (seed 0)", "",
+                      format_study_table(summarise_rows(registered, "validation")), ""]
         with open(table_path, "w", encoding="utf-8") as stream:
             stream.write("\n".join(lines))
         plot_study(test or validation, plot_path, f"{benchmark}: {'test, 3 seeds' if test else 'validation, seed 0'}")

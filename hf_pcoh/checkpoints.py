@@ -143,6 +143,9 @@ def checkpoint_step(path: str) -> int | None:
 def load_distillation_checkpoint(model: DistillationModel, checkpoint_dir: str) -> None:
     """Restore the student's weights and the heads from a directory written by ``DistillationTrainer``."""
     heads_path = os.path.join(checkpoint_dir, HEADS_FILE)
+    if os.path.isfile(os.path.join(checkpoint_dir, "adapter_config.json")):
+        raise ValueError(f"{checkpoint_dir} holds a peft student's adapters: resuming a peft_config run is not "
+                         "supported yet; start a new run (its adapters can be loaded with PeftModel.from_pretrained)")
     if not os.path.isfile(os.path.join(checkpoint_dir, "config.json")) or not os.path.isfile(heads_path):
         raise ValueError(
             f"{checkpoint_dir} is not a distillation checkpoint: it needs config.json, model.safetensors and {HEADS_FILE}"

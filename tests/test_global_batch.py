@@ -41,7 +41,8 @@ def one_process_reference(name: str, options: dict, rows: int) -> tuple[float, t
 CASES = [
     ("perception_coherence", {}),
     ("perception_coherence", {"soft_rank": "sorted"}),
-    ("perception_coherence", {"locality": 0.2}),  # weights normalised over all rows: computed whole
+    ("perception_coherence", {"locality": 0.2}),  # weights normalised over all rows: each share divides by their sum
+    ("perception_coherence", {"soft_rank": "sorted", "locality": 0.2, "locality_sides": "both", "top_k": 3}),
     ("procrustes", {}),
     ("cospress", {}),
 ]
@@ -98,7 +99,7 @@ def test_each_process_gets_the_one_process_gradient_and_the_values_average_to_th
         gradient = torch.cat([results[(case, rank)][1] for rank in range(world_size)])
         torch.testing.assert_close(gradient, world_size * expected_gradient, rtol=1e-7, atol=1e-10,
                                    msg=lambda text: f"{name} {options}: {text}")
-        shared = name == "perception_coherence" and "locality" not in options
+        shared = name == "perception_coherence"
         for rank in range(world_size):
             rows = results[(case, rank)][2]
             if shared:  # each process scored only its own rows

@@ -136,8 +136,8 @@ def distillation_config(tmp_path, **fields) -> DistillationConfig:
     [
         ({"loss_kwargs": {"perception_coherence": {"temprature": 0.05}}},
          r"^loss_kwargs\['perception_coherence'\]: unknown perception_coherence option 'temprature'. Did you mean "
-         r"'temperature'\? Known: dissimilarity, hard_teacher_ranks, implementation, locality, num_references, "
-         r"reference_chunk_size, scale, soft_rank, teacher_dissimilarity, temperature.$"),
+         r"'temperature'\? Known: dissimilarity, hard_teacher_ranks, implementation, locality, locality_sides, "
+         r"num_references, reference_chunk_size, scale, soft_rank, teacher_dissimilarity, temperature, top_k.$"),
         ({"loss_kwargs": {"perception_coherence": {"num_references": 16.5}}},
          r"^loss_kwargs\['perception_coherence'\]: option num_references=16.5 has type float, but perception_coherence "
          r"expects int \| None \(default None\)$"),

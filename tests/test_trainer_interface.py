@@ -234,6 +234,11 @@ def test_a_lora_student_trains_its_adapters_and_saves_them(tmp_path, model_dirs,
     with torch.no_grad():
         expected = student.eval()(**inputs).last_hidden_state
         torch.testing.assert_close(reloaded(**inputs).last_hidden_state, expected)
+    again = DistillationTrainer(model=model_dirs["student"], teacher_model=model_dirs["teacher"],
+                                args=config(tmp_path / "again", max_steps=2), train_dataset=train,
+                                peft_config=peft.LoraConfig(r=4, target_modules=["query", "value"]))
+    with pytest.raises(ValueError, match=r"holds a peft student's adapters: resuming a peft_config run is not supported"):
+        again._load_from_checkpoint(str(tmp_path / "out"))
 
 
 def test_peft_config_without_peft_installed_is_one_line(tmp_path, model_dirs, glosses, monkeypatch) -> None:

@@ -33,6 +33,36 @@ sum w``. ``lambda -> inf`` gives back the uniform ``L``; a small ``lambda`` (e.g
 neighbour counts e^10 times the farthest) makes the student keep the teacher's local neighbourhoods
 in order and care less about how far-apart points are ranked.
 
+*Two-sided locality* (``locality_sides="both"``; ours, the candidate registered in docs/study.md) weighs each pair
+by the nearer of its two *hard* ranks, so that an intruder (a point the student puts among the reference's nearest
+while the teacher keeps it far) weighs as much as a true near neighbour:
+
+    w_ij = max(exp(-H^T_i(j) / lambda), exp(-H^S_i(j) / lambda)) = exp(-min(H^T_i(j), H^S_i(j)) / lambda),
+
+where ``H_i(j) = #{k != i, j : d(i, k) < d(i, j)} / (B-2)`` (ties 1/2; 0 = nearest) is the normalised hard rank of
+each space, computed by sorting, with no gradient through the weights (the student's ranks are of its detached
+dissimilarities); the loss is ``L_lambda`` above with these weights. Written with integer ranks
+``R = 1 + (B-2) H`` (1 = nearest) and a decay per rank ``lambda'``, as the registration writes it,
+``exp(-(R - 1) lambda') = exp(-H / lambda)`` for ``lambda = 1 / ((B-2) lambda')``: at ``B = 64`` the registered
+``lambda' = 0.1`` and ``0.3`` are ``locality = 1/6.2 = 0.1613`` and ``1/18.6 = 0.05376``. (One-sided weights use
+the loss's own teacher ranks, soft unless ``hard_teacher_ranks``; with hard teacher ranks, two-sided weights are
+never below one-sided ones.)
+
+*Top-k* (option ``top_k = k``; ours): only the pairs ``(i, j)`` with ``j`` among the ``k`` nearest points of ``i``
+in the teacher **or** in the student (hard ranks, no gradient through the choice; points tied at the ``k``-th
+place are all in) are scored, each still ranked against the whole row:
+
+    S_i = {j != i : #{l != i, j : d^T(i, l) < d^T(i, j)} < k  or  #{l != i, j : d^S(i, l) < d^S(i, j)} < k},
+    L_k = sum_{i in refs} sum_{j in S_i} (R^S_i(j) - R^T_i(j))^2 / sum_{i in refs} |S_i|,
+
+the mean over the scored terms. With ``locality`` as well, the weights multiply: ``w_ij 1[j in S_i]``.
+``k >= B - 1`` scores every pair: the plain ``L``.
+
+Every variant is a ratio of sums over reference rows, so processes can split the rows of a global batch
+(``forward(..., rows=...)``): a share is divided by the whole batch's sum of weights, which each process computes
+from every row (hard ranks by sorting, ``O(B^2 log B)``; for one-sided locality, the teacher's ranks of every
+row, without gradient), so that the shares add up to the one-process value exactly.
+
 The soft ranks and the two implementations of ``L`` (``reference``: the direct ``O(m B^2)``-memory
 formula; ``chunked``, the default: folded comparisons in blocks with an analytic backward, ``O(B^2)``
 memory) live in ``soft_rank.py``. Both cost ``O(m B^2)`` comparisons (``O(B^3)`` with every point a
@@ -53,7 +83,12 @@ from torch.utils.checkpoint import checkpoint
 from .base import INVARIANCES, DistillationLoss, register_loss
 from .dissimilarity import Cosine, Dissimilarity, Euclidean, SquaredEuclidean, get_dissimilarity
 from .numerics import as_float, divide_by_largest
-from .sorted_soft_rank import SortedRankDisagreement, fixed_sorted_soft_ranks, sorted_hard_ranks
+from .sorted_soft_rank import (
+    SortedRankDisagreement,
+    fixed_sorted_soft_ranks,
+    sorted_hard_ranks,
+    top_k_selection,
+)
 from .soft_rank import (
     SoftRankDisagreement,
     fixed_soft_ranks_chunked,
@@ -70,6 +105,7 @@ __all__ = ["PerceptionCoherenceLoss", "rank_disagreement", "scale_dissimilaritie
 ScaleName = Literal["std", "median", "none"]
 ImplementationName = Literal["auto", "chunked", "reference"]
 SoftRankName = Literal["pairwise", "sorted"]
+LocalitySides = Literal["teacher", "both"]
 
 # From this many points on, the student's [B, B] dissimilarity intermediates (4 MiB each at 1024) are
 # recomputed in backward rather than kept; below it the recomputation costs more time than it saves memory.
@@ -127,6 +163,13 @@ class PerceptionCoherenceLoss(DistillationLoss):
         locality: ``lambda`` of local perception coherence (ours): rank errors weighted by
             ``w_ij = exp(-R^T_i(j) / lambda)``, ``L = sum w (R^S - R^T)^2 / sum w`` (module docstring);
             default None: uniform weights, the loss above.
+        locality_sides: ``"teacher"`` (default): the weights above, from the teacher's ranks; ``"both"`` (ours):
+            ``w_ij = max(exp(-H^T_i(j) / lambda), exp(-H^S_i(j) / lambda))`` with the hard ranks ``H`` of either
+            space, no gradient through them; a decay ``lambda'`` per integer rank is ``locality = 1 / ((B-2)
+            lambda')`` (module docstring). Needs ``locality``.
+        top_k: score only each reference's ``k`` nearest points in the teacher or the student (hard ranks, ours),
+            each still ranked against the whole row; the loss is the (weighted) mean over those terms. Default
+            None: every pair.
         soft_rank: ``"pairwise"`` (default): the sigmoid rank above, ``O(m B^2)`` comparisons; ``"sorted"``:
             the ramp rank ``g(x) = clamp(1/2 + x/4, 0, 1)`` in place of the sigmoid, computed exactly by
             sorting each reference's row, ``O(m B log B)`` (``sorted_soft_rank.py``; makes ``B = 1024``
@@ -173,6 +216,8 @@ class PerceptionCoherenceLoss(DistillationLoss):
         reference_chunk_size: int | None = None,
         locality: float | None = None,
         soft_rank: SoftRankName = "pairwise",
+        locality_sides: LocalitySides = "teacher",
+        top_k: int | None = None,
     ) -> None:
         super().__init__(student_dim, teacher_dim)
         if not temperature > 0:
@@ -192,6 +237,16 @@ class PerceptionCoherenceLoss(DistillationLoss):
                 f"locality={locality} must be > 0 (try 0.1: the nearest teacher neighbour then weighs e^10 times the "
                 "farthest) or None (uniform weights)"
             )
+        if locality_sides not in ("teacher", "both"):
+            raise ValueError(f"locality_sides={locality_sides!r} must be 'teacher' (weights from the teacher's ranks) "
+                             "or 'both' (the nearer of the teacher's and the student's hard ranks)")
+        if locality_sides == "both" and locality is None:
+            raise ValueError("locality_sides='both' weighs pairs by locality, which is None: set locality (e.g. "
+                             "0.16: 1 / ((B-2) lambda') for a decay lambda' = 0.1 per rank at B = 64) or drop "
+                             "locality_sides")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k={top_k!r} must be a positive integer (e.g. 10: each reference's 10 nearest "
+                             "points in either space) or None (every pair)")
         if soft_rank not in ("pairwise", "sorted"):
             raise ValueError(f"soft_rank={soft_rank!r} must be 'pairwise' (sigmoid, O(B^3) per batch) or 'sorted' "
                              "(ramp kernel by sorting, O(B^2 log B))")
@@ -201,6 +256,8 @@ class PerceptionCoherenceLoss(DistillationLoss):
         self.soft_rank = soft_rank
         self.temperature = float(temperature)
         self.locality = None if locality is None else float(locality)
+        self.locality_sides = locality_sides
+        self.top_k = top_k
         self.dissimilarity = get_dissimilarity(dissimilarity)
         self.teacher_dissimilarity = get_dissimilarity(teacher_dissimilarity or dissimilarity)
         self.scale = scale
@@ -216,10 +273,15 @@ class PerceptionCoherenceLoss(DistillationLoss):
         return torch.randperm(batch_size, device=device)[: self.num_references]
 
     def scores_row_shares(self) -> bool:
-        """All rows are references, unweighted: the loss is a plain mean over reference rows, so processes can
-        each score their own rows (``forward(..., rows=...)``) against the gathered batch, O(B^3 / W) each.
-        Sampled references or locality weights (normalised over every row) keep the whole computation."""
-        return self.num_references is None and self.locality is None
+        """All rows are references: the loss is a (weighted) mean over reference rows, so processes can each score
+        their own rows (``forward(..., rows=...)``) against the gathered batch, O(B^3 / W) each. Weights (locality,
+        top-k) are normalised over every row: each share divides by the whole batch's sum of weights, which every
+        process computes (module docstring). Sampled references keep the whole computation."""
+        return self.num_references is None
+
+    def weighs_pairs(self) -> bool:
+        """Whether the rank errors carry weights (``locality`` or ``top_k``) rather than counting alike."""
+        return self.locality is not None or self.top_k is not None
 
     def forward(
         self,
@@ -230,11 +292,13 @@ class PerceptionCoherenceLoss(DistillationLoss):
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``rows``: score only these reference rows (global indices ``[m]``) against the whole batch; the value is
-        their mean (:meth:`scores_row_shares`). Default: every row (or ``num_references`` sampled ones)."""
+        their mean, with weights divided by the whole batch's sum of them times ``m / B`` (:meth:`scores_row_shares`),
+        so that ``sum over shares (m / B) value = the loss of the batch``. Default: every row (or
+        ``num_references`` sampled ones)."""
         batch_size = self.check_pooled_batch(student, teacher)
         if rows is not None and not self.scores_row_shares():
-            raise ValueError("perception_coherence scores a share of its rows only with every row a reference and no "
-                             "locality weights (num_references and locality unset)")
+            raise ValueError("perception_coherence scores a share of its rows only with every row a reference "
+                             "(num_references unset)")
         references = self.reference_index(batch_size, student.device) if rows is None else rows.to(student.device)
         all_references = len(references) == batch_size  # then references == arange(B): rows need no gather
         # Ranks of near-equal distances are noise in bf16: everything below runs in float32 (or float64).
@@ -242,28 +306,76 @@ class PerceptionCoherenceLoss(DistillationLoss):
             with torch.no_grad():
                 teacher_d = self.scaled_dissimilarities(teacher, self.teacher_dissimilarity)  # [B, B]
                 teacher_ranks = self.teacher_ranks(teacher_d if all_references else teacher_d[references], references)
-                del teacher_d
-                weights = None if self.locality is None else locality_weights(teacher_ranks, references, self.locality)
-            if self.implementation == "reference":
-                student_d = self.scaled_dissimilarities(student, self.dissimilarity)
-                student_ranks = soft_ranks_reference(student_d[references], references, self.temperature)
-            else:
+            if self.implementation != "reference" and student.requires_grad and torch.is_grad_enabled() \
+                    and batch_size >= CHECKPOINT_MIN_BATCH:
                 # Recomputing the [B, B] dissimilarities in backward (O(B^2 d), small beside the O(m B^2)
                 # comparisons) means autograd keeps only the features and the scaled matrix, not the
                 # dissimilarity's own intermediates.
-                if student.requires_grad and torch.is_grad_enabled() and batch_size >= CHECKPOINT_MIN_BATCH:
-                    student_d = checkpoint(self.scaled_dissimilarities, student, self.dissimilarity, use_reentrant=False)
-                else:
-                    student_d = self.scaled_dissimilarities(student, self.dissimilarity)
-                student_rows = student_d if all_references else student_d[references]
-                if self.soft_rank == "sorted":
-                    return SortedRankDisagreement.apply(student_rows, teacher_ranks, references, self.temperature, weights)
-                return SoftRankDisagreement.apply(
-                    student_rows, teacher_ranks, references, self.temperature, self.reference_chunk_size, weights,
-                )
-            if weights is not None:
-                weights = weights.to(student_ranks.dtype)
-            return rank_disagreement(student_ranks, teacher_ranks.to(student_ranks.dtype), references, weights)
+                student_d = checkpoint(self.scaled_dissimilarities, student, self.dissimilarity, use_reentrant=False)
+            else:
+                student_d = self.scaled_dissimilarities(student, self.dissimilarity)  # [B, B]
+            weights, normaliser = None, None
+            if self.weighs_pairs():
+                with torch.no_grad():
+                    weights, normaliser = self.pair_weights(
+                        teacher_d, student_d.detach(), teacher_ranks, references, shared=rows is not None)
+            del teacher_d
+            if self.implementation == "reference":
+                student_ranks = soft_ranks_reference(student_d[references], references, self.temperature)
+                if weights is not None:
+                    weights = weights.to(student_ranks.dtype)
+                return rank_disagreement(
+                    student_ranks, teacher_ranks.to(student_ranks.dtype), references, weights, normaliser)
+            student_rows = student_d if all_references else student_d[references]
+            if self.soft_rank == "sorted":
+                return SortedRankDisagreement.apply(
+                    student_rows, teacher_ranks, references, self.temperature, weights, normaliser)
+            return SoftRankDisagreement.apply(
+                student_rows, teacher_ranks, references, self.temperature, self.reference_chunk_size, weights,
+                normaliser,
+            )
+
+    def pair_weights(
+        self,
+        teacher_d: torch.Tensor,
+        student_d: torch.Tensor,
+        teacher_ranks: torch.Tensor,
+        references: torch.Tensor,
+        shared: bool,
+    ) -> tuple[torch.Tensor, float | None]:
+        """The constant weights ``[m, B]`` of the scored rows (``locality``, ``locality_sides``, ``top_k``;
+        ``w_ii = 0``) and the divisor of their weighted sum: None (the sum of these weights) or, when ``shared`` (this call
+        scores a share of the rows), the whole batch's sum of weights times ``m / B``.
+
+        ``teacher_d``, ``student_d``: both sides' scaled ``[B, B]`` dissimilarities (no gradient); ``teacher_ranks``:
+        the loss's teacher ranks of the ``references`` rows."""
+        batch_size = teacher_d.shape[0]
+        # The rows whose weights are needed: the scored ones, or every row when the divisor sums the whole batch.
+        weight_rows = torch.arange(batch_size, device=references.device) if shared else references
+
+        def rows_of(matrix: torch.Tensor) -> torch.Tensor:
+            return matrix if len(weight_rows) == batch_size else matrix[weight_rows]
+
+        def loss_teacher_ranks() -> torch.Tensor:  # the loss's own teacher ranks, of the weight rows
+            return teacher_ranks if len(weight_rows) == len(references) else self.teacher_ranks(teacher_d, weight_rows)
+
+        if self.locality is None:
+            weights = torch.ones(len(weight_rows), batch_size, dtype=teacher_ranks.dtype, device=teacher_ranks.device)
+            weights.scatter_(1, weight_rows[:, None], 0.0)
+        elif self.locality_sides == "teacher":
+            weights = locality_weights(loss_teacher_ranks(), weight_rows, self.locality)
+        else:
+            teacher_hard = (loss_teacher_ranks() if self.hard_teacher_ranks
+                            else sorted_hard_ranks(rows_of(teacher_d), weight_rows))
+            student_hard = sorted_hard_ranks(rows_of(student_d), weight_rows).to(teacher_hard.dtype)
+            weights = locality_weights(torch.minimum(teacher_hard, student_hard), weight_rows, self.locality)
+        if self.top_k is not None:
+            selection = top_k_selection(rows_of(teacher_d), rows_of(student_d), weight_rows, self.top_k)
+            weights = weights * selection.to(weights.dtype)
+        if not shared:
+            return weights, None
+        normaliser = float(weights.sum()) * len(references) / batch_size
+        return weights[references], normaliser
 
     def scaled_dissimilarities(self, features: torch.Tensor, dissimilarity: Dissimilarity) -> torch.Tensor:
         """``[B, d] -> [B, B]``: the dissimilarities of one side, divided by their spread (``scale``)."""
@@ -298,5 +410,6 @@ class PerceptionCoherenceLoss(DistillationLoss):
         return (
             f"{super().extra_repr()}, temperature={self.temperature}, dissimilarity={self.dissimilarity}, "
             f"scale={self.scale!r}, hard_teacher_ranks={self.hard_teacher_ranks}, num_references={self.num_references}, "
-            f"implementation={self.implementation!r}, locality={self.locality}, soft_rank={self.soft_rank!r}"
+            f"implementation={self.implementation!r}, locality={self.locality}, soft_rank={self.soft_rank!r}, "
+            f"locality_sides={self.locality_sides!r}, top_k={self.top_k}"
         )

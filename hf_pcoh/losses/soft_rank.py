@@ -78,20 +78,25 @@ def rank_disagreement(
     teacher_ranks: torch.Tensor,
     reference_index: torch.Tensor,
     weights: torch.Tensor | None = None,
+    normaliser: float | None = None,
 ) -> torch.Tensor:
     """``1/(m (B-1)) * sum_i sum_{j != i} (R^S_i(j) - R^T_i(j))^2`` over ``[m, B]`` rank matrices.
 
     Both sides' ``R_i(i)`` are 0 (every rank function here sets them so), so the ``j = i`` terms add
     nothing and need no mask; ``reference_index`` is only checked against that. With ``weights``
     ``[m, B]`` (constants, ``w_ii = 0``, e.g. :func:`locality_weights`): the weighted mean
-    ``sum_ij w_ij (R^S_i(j) - R^T_i(j))^2 / sum_ij w_ij``.
+    ``sum_ij w_ij (R^S_i(j) - R^T_i(j))^2 / sum_ij w_ij``. ``normaliser`` replaces the divisor (``m (B-1)``
+    or ``sum_ij w_ij``): a share of the rows of a weighted loss is divided by the whole batch's sum of
+    weights, scaled to the share, so that the shares add up to the whole (``PerceptionCoherenceLoss.forward``).
     """
     references, batch_size = student_ranks.shape
     if reference_index.shape != (references,):
         raise ValueError(f"reference_index has shape {tuple(reference_index.shape)}, expected ({references},)")
     if weights is None:
-        return (student_ranks - teacher_ranks).pow(2).sum() / (references * (batch_size - 1))
-    return (weights * (student_ranks - teacher_ranks).pow(2)).sum() / weights.sum()
+        divisor = references * (batch_size - 1) if normaliser is None else normaliser
+        return (student_ranks - teacher_ranks).pow(2).sum() / divisor
+    divisor = weights.sum() if normaliser is None else normaliser
+    return (weights * (student_ranks - teacher_ranks).pow(2)).sum() / divisor
 
 
 def locality_weights(teacher_ranks: torch.Tensor, reference_index: torch.Tensor, locality: float) -> torch.Tensor:
@@ -99,6 +104,8 @@ def locality_weights(teacher_ranks: torch.Tensor, reference_index: torch.Tensor,
 
     Teacher ranks lie in ``[0, 1]`` (0 = nearest), so the weights lie in ``[exp(-1 / locality), 1]``:
     a reference's nearest teacher neighbours count up to ``exp(1 / locality)`` times its farthest ones.
+    Given ``min(H^T, H^S)``, the smaller of the two sides' hard ranks, the same function gives the two-sided
+    weights ``max(exp(-H^T / locality), exp(-H^S / locality))`` (``locality_sides="both"``).
     """
     with torch.no_grad():
         weights = torch.exp(-teacher_ranks / locality)
@@ -325,9 +332,9 @@ class SoftRankDisagreement(torch.autograd.Function):
 
     Same value and gradient as ``rank_disagreement(soft_ranks_chunked(rows, ...), teacher_ranks, ..., weights)``,
     but the gradient ``dL/dR = 2 (R^S - R^T) / (m (B - 1))`` (with constant ``weights``:
-    ``2 w (R^S - R^T) / sum w``) is known as soon as the ranks are, so the row gradients are computed in
-    forward, from the block of sigmoids just made (still in cache), and no block outlives forward;
-    backward only scales them.
+    ``2 w (R^S - R^T) / sum w``; with ``normaliser``, that divisor instead: :func:`rank_disagreement`) is known as
+    soon as the ranks are, so the row gradients are computed in forward, from the block of sigmoids just made
+    (still in cache), and no block outlives forward; backward only scales them.
     """
 
     @staticmethod
@@ -339,6 +346,7 @@ class SoftRankDisagreement(torch.autograd.Function):
         temperature: float,
         reference_chunk_size: int | None,
         weights: torch.Tensor | None = None,
+        normaliser: float | None = None,
     ) -> torch.Tensor:
         needs_grad = ctx.needs_input_grad[0]
         student_ranks, kept_block = _chunked_rank_sums(
@@ -347,14 +355,16 @@ class SoftRankDisagreement(torch.autograd.Function):
         teacher_ranks = teacher_ranks.to(student_ranks.dtype)
         if weights is not None:
             weights = weights.to(student_ranks.dtype)
-        loss = rank_disagreement(student_ranks, teacher_ranks, reference_index, weights)
+        loss = rank_disagreement(student_ranks, teacher_ranks, reference_index, weights, normaliser)
         ctx.row_gradients = None
         if needs_grad:
             num_references, batch_size = student_ranks.shape
             if weights is None:
-                rank_grads = (student_ranks - teacher_ranks).mul_(2.0 / (num_references * (batch_size - 1)))
+                divisor = num_references * (batch_size - 1) if normaliser is None else normaliser
+                rank_grads = (student_ranks - teacher_ranks).mul_(2.0 / divisor)
             else:
-                rank_grads = (student_ranks - teacher_ranks).mul_(weights).mul_(2.0 / weights.sum())
+                divisor = weights.sum() if normaliser is None else normaliser
+                rank_grads = (student_ranks - teacher_ranks).mul_(weights).mul_(2.0 / divisor)
             ctx.row_gradients = soft_rank_row_gradients(
                 reference_rows, reference_index, temperature, reference_chunk_size, rank_grads, kept_block
             )
@@ -362,8 +372,8 @@ class SoftRankDisagreement(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
-        return ctx.row_gradients * grad_loss, None, None, None, None, None
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None, None]:
+        return ctx.row_gradients * grad_loss, None, None, None, None, None, None
 
 
 def soft_ranks_chunked(

@@ -93,6 +93,30 @@ def sorted_hard_ranks(reference_rows: torch.Tensor, reference_index: torch.Tenso
         return ranks.scatter_(1, reference_index[:, None], 0.0)
 
 
+def nearer_counts(reference_rows: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
+    """``#{k != i, j : x_ik < x_ij}``: how many points are strictly nearer to reference ``i`` than ``j`` (0 for
+    the nearest; points tied share the smaller count), by sorting: ``[m, B]`` integers, no gradient."""
+    with torch.no_grad():
+        rows = reference_rows.contiguous()
+        keys = torch.sort(rows, dim=1).values
+        smaller = torch.searchsorted(keys, rows, right=False)  # k = j is never strictly smaller than itself
+        reference_nearer = rows.gather(1, reference_index[:, None]) < rows  # the k = i term
+        return smaller - reference_nearer.to(smaller.dtype)
+
+
+def top_k_selection(
+    teacher_rows: torch.Tensor, student_rows: torch.Tensor, reference_index: torch.Tensor, top_k: int
+) -> torch.Tensor:
+    """``s_ij = 1`` when ``j`` is among the ``top_k`` nearest points of reference ``i`` in the teacher **or** in the
+    student (hard ranks of each side's ``[m, B]`` dissimilarity rows; points tied at the ``k``-th place are all in),
+    else 0; ``s_ii = 0``. ``[m, B]`` in the teacher rows' dtype, no gradient: ``PerceptionCoherenceLoss``'s
+    ``top_k``."""
+    with torch.no_grad():
+        selected = (nearer_counts(teacher_rows, reference_index) < top_k) | (
+            nearer_counts(student_rows, reference_index) < top_k)
+        return selected.to(teacher_rows.dtype).scatter_(1, reference_index[:, None], 0.0)
+
+
 # Values per block of references in SortedRankDisagreement: each block holds about ten [c, B] tensors of
 # 8 bytes, so 2^20 values keep a block near 80 MiB, whatever the batch.
 SORTED_BLOCK_ELEMENTS = 2**20
@@ -160,8 +184,9 @@ class SortedRankDisagreement(torch.autograd.Function):
     """``rank_disagreement(sorted_soft_ranks(rows), teacher_ranks, index, weights)`` in ``O(m B)`` memory.
 
     Same value and gradient as the autograd composition (tested), computed block by block of references;
-    ``dL/dR = 2 (R^S - R^T) / (m (B - 1))`` (with constant ``weights``: ``2 w (R^S - R^T) / sum w``) is known
-    once a block's ranks are, so its row gradients are made in forward and backward only scales them.
+    ``dL/dR = 2 (R^S - R^T) / (m (B - 1))`` (with constant ``weights``: ``2 w (R^S - R^T) / sum w``; with
+    ``normaliser``, that divisor instead, as in ``soft_rank.rank_disagreement``) is known once a block's ranks are,
+    so its row gradients are made in forward and backward only scales them.
     """
 
     @staticmethod
@@ -172,12 +197,14 @@ class SortedRankDisagreement(torch.autograd.Function):
         reference_index: torch.Tensor,
         temperature: float,
         weights: torch.Tensor | None = None,
+        normaliser: float | None = None,
     ) -> torch.Tensor:
         num_references, batch_size = reference_rows.shape
         needs_grad = ctx.needs_input_grad[0]
         teacher_ranks = teacher_ranks.double()
         weights = None if weights is None else weights.double()
-        normaliser = float(num_references * (batch_size - 1)) if weights is None else float(weights.sum())
+        if normaliser is None:
+            normaliser = float(num_references * (batch_size - 1)) if weights is None else float(weights.sum())
         total = torch.zeros((), dtype=torch.float64, device=reference_rows.device)
         row_gradients = torch.empty_like(reference_rows) if needs_grad else None
         for block in reference_blocks(num_references, batch_size):
@@ -194,5 +221,5 @@ class SortedRankDisagreement(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
-        return ctx.row_gradients * grad_loss, None, None, None, None
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
+        return ctx.row_gradients * grad_loss, None, None, None, None, None

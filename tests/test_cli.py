@@ -336,3 +336,13 @@ def test_string_labels_become_class_ids_shared_by_every_split(tmp_path, capsys, 
                          "--output_dir", str(output_dir)])
     assert code == 0, capsys.readouterr().err
     assert json.loads((output_dir / "eval_results.json").read_text())["student"]["knn_accuracy@10"] >= 0
+
+
+def test_a_recipe_whose_teacher_is_trained_here_names_the_command_that_trains_it(tmp_path, monkeypatch, capsys) -> None:
+    """opt-lm on a fresh checkout (no outputs/opt-wordnet-teacher yet): one line naming `hf-pcoh train-teacher`."""
+    monkeypatch.chdir(tmp_path)  # a folder without outputs/
+    assert distill_main(["opt-lm", "--output_dir", str(tmp_path / "out"), "--report_to", "none"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == ("error: teacher_model_name_or_path='outputs/opt-wordnet-teacher' does not exist yet: this "
+                     "recipe's teacher is trained here, offline, in a few minutes: run "
+                     "`hf-pcoh train-teacher --task causal_lm` first")

@@ -108,14 +108,14 @@ def build_logit_kd(
 
 def add_distillation_terms(
     model: DistillationModel, args: DistillationConfig, readout: FeatureReadout, probe: FeatureProbe,
-    accelerator: Any = None,
+    causal_lm: bool, accelerator: Any = None,
 ) -> None:
     """Add every term to ``model``: one loss per (layer pair, loss) sized by ``probe``'s feature widths, and
-    the optional cross-entropy and logit KD, checked against the student's and the teacher's outputs. The heads'
-    parameters that no term trains are frozen; with the Trainer's ``accelerator``, DDP is told whether it must
-    search for unused parameters (:func:`settle_find_unused_parameters`)."""
+    the optional cross-entropy and logit KD, checked against the student's and the teacher's outputs; ``causal_lm``
+    is the run's task as its collator carries it (``next_token_labels``, :func:`hf_pcoh.setup_models.run_task`). The
+    heads' parameters that no term trains are frozen; with the Trainer's ``accelerator``, DDP is told whether it
+    must search for unused parameters (:func:`settle_find_unused_parameters`)."""
     losses, terms = build_terms(args, readout, probe.student_features, probe.teacher_features)
-    causal_lm = args.resolved_task(is_causal_lm(model.student)) == "causal_lm"
     if causal_lm and not is_causal_lm(model.student):
         raise ValueError(f"task=causal_lm needs a student with a language-model head (AutoModelForCausalLM), got "
                          f"{type(model.student).__name__}")

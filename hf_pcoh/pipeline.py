@@ -194,8 +194,7 @@ def evaluate_student_against_teacher(
         dataset_name=config.dataset_name,
     )
     teacher = setup.teacher if teacher is None else teacher
-    language_model = (config.resolved_task(is_causal_lm(student)) == "causal_lm" and teacher is not None
-                      and is_causal_lm(teacher))
+    language_model = setup.collator.next_token_labels and teacher is not None and is_causal_lm(teacher)
     if language_model and teacher_embeddings is not None:
         logger.warning("the teacher is sharded across processes: the language-model metrics, which run it whole on one "
                        "process, are not measured (hf_pcoh.evaluation.language_model.evaluate_language_models measures "

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, set_seed
 from .collator import DistillationCollator
 from .config import DistillationConfig
 from .data import first_rows
-from .models import is_causal_lm, is_vision_config
+from .models import is_vision_config
 from .precomputed_teacher import check_teacher_embeddings
 from .readout import FeatureReadout, resolve_readout
 from .run_sources import config_data_source, config_model_source, mark_source, received_data_source
@@ -32,7 +32,9 @@ from .setup_data import (
     prepare_splits,
     tokenized_training_set,
 )
-from .setup_models import build_collator, build_processors, build_student, build_teacher, check_image_channels
+from .setup_models import (
+    build_collator, build_processors, build_student, build_teacher, check_image_channels, run_task,
+)
 from .setup_steps import choose_layers_by_quality, with_cached_teacher_features
 
 
@@ -106,7 +108,7 @@ def build_run_inputs(config: DistillationConfig) -> RunInputs:
             check_image_channels("teacher", teacher, teacher_processor, example_image)
         check_image_channels("student", student, student_processor, example_image)
     collator = build_collator(config, student_processor, teacher_processor, list(train.column_names), vision,
-                              causal_lm=config.resolved_task(is_causal_lm(student)) == "causal_lm")
+                              causal_lm=run_task(config, student) == "causal_lm")
     if teacher is not None:
         mark_source(teacher, config_model_source(config, "teacher"))
     mark_source(student, config_model_source(config, "student"))

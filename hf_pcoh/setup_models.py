@@ -53,6 +53,12 @@ def planned_task(config: DistillationConfig, student_source: str | None = None) 
     return config.resolved_task(is_causal_lm(student_config))
 
 
+def run_task(config: DistillationConfig, student: PreTrainedModel) -> str:
+    """``features`` or ``causal_lm``: the run's task, resolved once for the student it trains. The collator built
+    for the run carries it (``next_token_labels``: True for ``causal_lm``), and every later step reads it there."""
+    return config.resolved_task(is_causal_lm(student))
+
+
 def teacher_is_causal_lm(config: DistillationConfig) -> bool:
     """A language-model teacher (``AutoModelForCausalLM``) is loaded only for logit KD over the vocabulary."""
     return config.logit_kd_weight > 0 and planned_task(config) == "causal_lm"
@@ -222,7 +228,7 @@ def build_trainer_inputs(
                          "train_dataset carries no cached features (teacher_features_0): pass setup.train_dataset, "
                          "or build the setup again to train with the live teacher")
     # The task decides which Auto classes load the models: the student's own when it is given as an object.
-    task = (config.resolved_task(is_causal_lm(student)) if isinstance(student, PreTrainedModel) else
+    task = (run_task(config, student) if isinstance(student, PreTrainedModel) else
             planned_task(config, student if isinstance(student, str) else None))
     lm_teacher = task == "causal_lm" and config.logit_kd_weight > 0
     if teacher is None and config.teacher_embedding_column:
@@ -266,7 +272,7 @@ def build_trainer_inputs(
         if teacher is not None:
             check_tokenizer_fits("teacher", teacher, teacher_processor, config)
     collator = build_collator(config, student_processor, teacher_processor, column_names(train_dataset), vision,
-                              causal_lm=config.resolved_task(is_causal_lm(student)) == "causal_lm")
+                              causal_lm=run_task(config, student) == "causal_lm")
     return student, None if released else teacher, collator
 
 

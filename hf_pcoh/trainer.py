@@ -134,7 +134,8 @@ class DistillationTrainer(TokenAccumulation, Trainer):
         with torch.random.fork_rng(devices=[]):
             torch.random.set_rng_state(head_random_state)
             probe = self.probe_features(model.student, model.student_extractors, train_dataset)
-            add_distillation_terms(model, args, self.readout, probe, self.accelerator)
+            add_distillation_terms(model, args, self.readout, probe, collator.next_token_labels,
+                                   self.accelerator)
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
         self.last_terms: dict[str, torch.Tensor] = {}

@@ -54,7 +54,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from benchmarks.provenance import REPOSITORY_ROOT, describe_machine
 from benchmarks.quality import EVALUATION_SEED, RUN_OVERRIDES, remove_weights
 from benchmarks.rendered_tables import render_into_file
-from benchmarks.study import python_docstring_summaries
+from benchmarks.study import load_results, python_docstring_summaries
 from hf_pcoh.artifacts import write_json
 from hf_pcoh.config import DistillationConfig
 from hf_pcoh.data import load_splits
@@ -357,15 +357,7 @@ SELECTION_COLUMNS = (
 
 def load_lm_results(output_dir: str) -> list[dict[str, Any]]:
     """Every stored run of the study (whatever its settings: the report shows what the files hold)."""
-    folder = os.path.join(output_dir, BENCHMARK)
-    if not os.path.isdir(folder):
-        return []
-    results = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".json"):
-            with open(os.path.join(folder, name), encoding="utf-8") as stream:
-                results.append(json.load(stream))
-    return results
+    return load_results(output_dir, BENCHMARK)
 
 
 def stored_choices(results: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -8,13 +8,11 @@ import contextlib
 import json
 import os
 import re
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from datasets import Dataset
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
@@ -286,15 +284,9 @@ def lm_worker(rank: int, world_size: int, port: int, result_path: str) -> None:
 
 def run_two_gloo_processes(worker, result_path: str, deadline_seconds: float = 120.0) -> None:
     """Spawn ``worker(rank, 2, port, result_path)`` twice; a hung collective fails the test instead of hanging."""
-    from test_distributed import free_port
+    from test_scale_out import run_two_processes
 
-    context = mp.start_processes(worker, args=(2, free_port(), result_path), nprocs=2, start_method="spawn", join=False)
-    deadline = time.monotonic() + deadline_seconds
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the two gloo processes did not finish within {deadline_seconds:.0f} s")
+    run_two_processes(worker, result_path, deadline_seconds=deadline_seconds)
 
 
 @pytest.mark.slow  # two gloo processes

@@ -24,7 +24,6 @@ from hf_pcoh.non_finite import deepspeed_guard_problem  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 STEPS = 6
-BAD_STEP = 3  # LossNaNOnce: each process's 4th call of the loss (the first sizes the heads), in update 3, is NaN
 
 
 def deepspeed_on_gloo(rank: int, world_size: int, port: int, zero_stage: int) -> None:
@@ -72,9 +71,11 @@ def deepspeed_trainer(output_dir: str, policy: str, loss_name: str = LossNaNOnce
                                eval_dataset=setup.eval_dataset if config.eval_strategy != "no" else None)
 
 
-# (name, non_finite_loss, loss, the update whose gradients are non-finite)
-SCENARIOS = [("skip", "skip", LossNaNOnce.name, BAD_STEP), ("stop", "stop", LossNaNOnce.name, BAD_STEP),
-             ("overflow", "stop", LossWithOverflowingNorm.name, 2)]
+# (name, non_finite_loss, loss, the first of the loss's calls whose gradients are non-finite: LossNaNOnce's 4th is
+# NaN, LossWithOverflowingNorm's 3rd on overflow). The update it falls in is counted from the calls the trainer
+# made before training (building may call a loss), so the test does not depend on them.
+SCENARIOS = [("skip", "skip", LossNaNOnce, 4), ("stop", "stop", LossNaNOnce, 4),
+             ("overflow", "stop", LossWithOverflowingNorm, 3)]
 
 
 def guard_report(trainer, outcome: str, after: dict, bad: int) -> dict:
@@ -96,8 +97,9 @@ def guard_worker(rank: int, world_size: int, port: int, output_dir: str) -> None
 
     deepspeed_on_gloo(rank, world_size, port, zero_stage=2)
     reports = {}
-    for name, policy, loss_name, bad_step in SCENARIOS:
-        trainer = deepspeed_trainer(os.path.join(output_dir, name), policy, loss_name)
+    for name, policy, loss, first_bad_call in SCENARIOS:
+        trainer = deepspeed_trainer(os.path.join(output_dir, name), policy, loss.name)
+        bad_step = first_bad_call - loss.calls  # one call per update from here on
         assert trainer.is_deepspeed_enabled and trainer.args.world_size == 2
         recorder = RecordWeights(trainer.model)
         trainer.add_callback(recorder)
@@ -106,7 +108,7 @@ def guard_worker(rank: int, world_size: int, port: int, output_dir: str) -> None
             trainer.train()
         except NonFiniteLossError as error:
             outcome = str(error)
-        reports[name] = guard_report(trainer, outcome, recorder.after_step, bad_step)
+        reports[name] = {**guard_report(trainer, outcome, recorder.after_step, bad_step), "bad_step": bad_step}
     torch.save(reports, os.path.join(output_dir, f"rank{rank}.pt"))
 
 
@@ -132,18 +134,20 @@ def test_zero2_stop_stops_before_the_nan_update_reaches_the_weights(guard_report
     folder, all_reports = guard_reports
     for reports in all_reports:
         report = reports["stop"]
-        assert f"at step {BAD_STEP}. That update was not applied" in report["outcome"]
-        assert report["steps"] == list(range(BAD_STEP))  # updates 1 and 2 ended; 3 never did
+        bad = report["bad_step"]
+        assert f"at step {bad}. That update was not applied" in report["outcome"]
+        assert report["steps"] == list(range(bad))  # the updates before it ended; it never did
         assert report["weights_now_are_before_bad"] and report["final_finite"]
-    assert (folder / "stop" / f"checkpoint-{BAD_STEP}").is_dir()
+    assert (folder / "stop" / f"checkpoint-{all_reports[0]['stop']['bad_step']}").is_dir()
 
 
 def test_zero2_stop_catches_gradients_that_overflow_under_a_finite_loss(guard_reports) -> None:
     """The loss stays finite, the gradients' total norm does not: only DeepSpeed's verdict can tell."""
     for reports in guard_reports[1]:
         report = reports["overflow"]
-        assert "the gradients became NaN/inf (DeepSpeed's overflow check) at step 2" in report["outcome"]
-        assert report["steps"] == [0, 1] and report["weights_now_are_before_bad"]
+        bad = report["bad_step"]
+        assert f"the gradients became NaN/inf (DeepSpeed's overflow check) at step {bad}" in report["outcome"]
+        assert report["steps"] == list(range(bad)) and report["weights_now_are_before_bad"]
 
 
 def test_deepspeed_settings_without_an_overflow_check_are_refused_in_one_line() -> None:

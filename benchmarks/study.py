@@ -214,7 +214,7 @@ def registered_candidates(batch: int = TEXT_BATCH) -> dict[str, dict[str, dict[s
 
 
 def registered_variants(benchmark: str) -> list[Variant]:
-    """The registered experiment's rows (text only; ``reg_`` + the names below), at its setting
+    """The registered experiment's rows (``reg_`` + the names below); on text at its setting
     (:data:`REGISTERED_MAX_LENGTH`, :data:`REGISTERED_STEPS` steps):
 
     1-3. ``pc_two_sided{lambda'}``, ``pc_top{k}``, ``pc_t{tau}``, ``pc_t0.05_hard`` (:func:`registered_candidates`);
@@ -227,10 +227,10 @@ def registered_variants(benchmark: str) -> list[Variant]:
     7. controls ``projected_mse`` and ``cospress_identity_ln`` (the recipe itself);
 
     and ``pc_t0.1``, the plain ``pc`` at the setting: a reference row, not a candidate (the choice rule passes it
-    over).
+    over). Vision: :func:`registered_vision_variants`.
     """
-    if benchmark != "text":
-        return []
+    if benchmark == "vision":
+        return registered_vision_variants()
     setting = {"max_length": REGISTERED_MAX_LENGTH, "max_steps": REGISTERED_STEPS}
     rows: list[Variant] = []
 
@@ -262,6 +262,33 @@ def registered_variants(benchmark: str) -> list[Variant]:
                 add(f"{anchor}+{name}_w{weight:g}", "mixtures", losses=(loss, "perception_coherence"),
                     loss_weights=(1.0, weight), loss_kwargs={**anchor_kwargs, **loss_kwargs})
     add("pc_t0.1", "reference (not a candidate)", loss_kwargs=registered_pc())
+    return rows
+
+
+def registered_vision_variants() -> list[Variant]:
+    """The registration's vision check: every text row of 1-3, 6 and 7 under the same name at the study's vision
+    setting (600 steps of 128, the ``fashion-mnist`` student), run by name for the finalists at seed 0 (validation).
+
+    Two-sided locality keeps its decay per rank (``locality`` from B = 128). The CosPress control has its learned
+    map (the default): the vision student is narrower than the teacher (64 against 128 features), so an identity
+    start would keep only the teacher's first 64 coordinates. Teacher-neighbour batches (5) and larger batches (4)
+    have no vision rows.
+    """
+    rows: list[Variant] = []
+    candidates = registered_candidates(VISION_BATCH)
+    anchors = {"projected_mse": ("projected_mse", {}), "cospress_identity_ln": ("cospress", {})}
+
+    def add(name: str, group: str, **kwargs: Any) -> None:
+        rows.append(Variant(name=REGISTERED_PREFIX + name, benchmark="vision", group=f"registered: {group}", **kwargs))
+
+    for name, loss_kwargs in candidates.items():
+        add(name, "vision check", loss_kwargs=loss_kwargs)
+    for anchor, (loss, anchor_kwargs) in anchors.items():
+        add(anchor, "controls", losses=(loss,), loss_kwargs=anchor_kwargs)
+        for name, loss_kwargs in candidates.items():
+            for weight in REGISTERED_MIXTURE_WEIGHTS:
+                add(f"{anchor}+{name}_w{weight:g}", "mixtures", losses=(loss, "perception_coherence"),
+                    loss_weights=(1.0, weight), loss_kwargs={**anchor_kwargs, **loss_kwargs})
     return rows
 
 

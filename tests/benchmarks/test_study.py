@@ -167,7 +167,7 @@ def test_the_report_renders_the_committed_tables_again_from_files_without_proven
 # ---- the registered experiment (docs/study.md, "Registered before it runs") ---------------------------------
 def test_the_registered_rows_are_the_registrations_candidates_at_its_setting(specs, tmp_path) -> None:
     rows = {variant.name: variant for variant in registered_variants("text")}
-    assert registered_variants("vision") == [] and len(rows) == len(registered_variants("text"))
+    assert len(rows) == len(registered_variants("text"))
     assert not set(rows) & {variant.name for variant in study_variants("text")}  # the grid's names untouched
     assert registered_screening_names() == [
         "reg_pc_two_sided0.1", "reg_pc_two_sided0.3", "reg_pc_top10", "reg_pc_top30", "reg_pc_t0.03", "reg_pc_t0.05",
@@ -195,6 +195,21 @@ def test_the_registered_rows_are_the_registrations_candidates_at_its_setting(spe
     assert neighbours.loss_kwargs == rows["reg_pc_top10"].loss_kwargs
     assert run_settings(specs["text"], neighbours, 0)["variant"]["neighbour_fraction"] == 0.5
     assert "neighbour_fraction" not in run_settings(specs["text"], rows["reg_pc_top10"], 0)["variant"]
+
+
+def test_the_registered_vision_check_has_the_text_rows_at_the_vision_setting(specs, tmp_path) -> None:
+    text = {variant.name: variant for variant in registered_variants("text")}
+    vision = {variant.name: variant for variant in registered_variants("vision")}
+    # every candidate, control and mixture has its vision row; batches and neighbour batches do not
+    without = ("registered: batch at equal steps", "registered: teacher-neighbour batches",
+               "registered: reference (not a candidate)")
+    assert set(vision) == {name for name, variant in text.items() if variant.group not in without}
+    config = variant_config(specs["vision"], vision["reg_pc_top10"], 0, str(tmp_path / "v"), str(tmp_path / "c"))
+    assert (config.max_steps, config.per_device_train_batch_size) == (600, 128)
+    assert vision["reg_pc_top10"].loss_kwargs == text["reg_pc_top10"].loss_kwargs
+    # two-sided locality keeps its decay per rank: locality from B = 128
+    assert vision["reg_pc_two_sided0.1"].loss_kwargs["perception_coherence"]["locality"] == pytest.approx(1 / 12.6)
+    assert vision["reg_cospress_identity_ln"].loss_kwargs == {}  # the narrower student: the learned map
 
 
 def test_registered_rows_run_by_name_only_and_are_measured_at_their_own_max_length(specs, tmp_path) -> None:

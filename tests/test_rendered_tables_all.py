@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import default_run, end_to_end, host_memory, throughput
+from benchmarks import default_run, end_to_end, host_memory, loss_cost, throughput
 from benchmarks.provenance import REPOSITORY_ROOT
 from benchmarks.rendered_tables import DOCUMENTS, block_names, committed_blocks, has_block, read_block
 
@@ -67,8 +67,9 @@ def quoted_figures() -> dict[str, list[str]]:
         f"({int(teacher['train_steps'])} steps, {teacher['training_seconds']:.0f} s of training",
     ]
     figures = {"README.md": readme, "docs/benchmarks.md": throughput.quoted_figures()}
-    for document, quoted in end_to_end.quoted_figures().items():
-        figures.setdefault(document, []).extend(quoted)
+    for owner in (end_to_end, loss_cost):
+        for document, quoted in owner.quoted_figures().items():
+            figures.setdefault(document, []).extend(quoted)
     return figures
 
 

@@ -216,3 +216,16 @@ def rendered_blocks(output_dir: str) -> dict[str, str]:
 def committed_blocks() -> dict[str, str]:
     """:func:`rendered_blocks` of the committed result files."""
     return rendered_blocks(str(COMMITTED_RESULTS))
+
+
+def recipe_loss_fields(variant_name: str) -> dict[str, Any]:
+    """The recipe fields of a registered text row that differ from ``minilm-wordnet``: its losses, their weights
+    and options (the ``minilm-wordnet-pc`` recipe is ``minilm-wordnet`` with these)."""
+    variant = {row.name: row for row in registered_variants("text")}[variant_name]
+    if variant.neighbour_fraction is not None or variant.overrides.get("per_device_train_batch_size"):
+        raise ValueError(f"{variant_name} needs a sampler or batch the recipe does not set: write its recipe by hand")
+    fields: dict[str, Any] = {"losses": list(variant.losses),
+                              "loss_kwargs": {name: dict(options) for name, options in variant.loss_kwargs.items()}}
+    if variant.loss_weights is not None:
+        fields["loss_weights"] = list(variant.loss_weights)
+    return fields

@@ -10,10 +10,12 @@ import pytest
 
 from benchmarks.provenance import REPOSITORY_ROOT
 from benchmarks.study import (
-    StudyOptions, corpus_description, measurement_spec, pending_runs, registered_screening_names, registered_variants,
+    StudyOptions, corpus_description, known_variants, measurement_spec, pending_runs, registered_screening_names, registered_variants,
     result_path, run_settings, stored_result, study_specs, study_variants, variant_config, write_study_report,
 )
 from hf_pcoh.artifacts import write_json
+from hf_pcoh.config import DistillationConfig
+from hf_pcoh.recipes import read_recipe
 
 COMMITTED = REPOSITORY_ROOT / "benchmarks" / "results" / "study"
 
@@ -234,3 +236,30 @@ def test_the_report_shows_registered_runs_in_a_table_of_their_own(tmp_path) -> N
     grid, registered = report.split("## The registered experiment")
     assert "| `pc_cos_t0.1` |" in grid and "reg_" not in grid  # neither in the grid's tables nor "not in the grid"
     assert "| `reg_pc_top10` |" in registered and "| `reg_projected_mse` |" in registered
+
+
+# Recipe fields that say where a run writes, logs and saves, or which folder holds the teacher — not what is trained.
+NOT_TRAINING = ("output_dir", "logging_steps", "save_steps", "save_total_limit", "seed", "teacher_model_name_or_path",
+                "teacher_cache")
+
+
+@pytest.mark.parametrize("recipe, benchmark, variant", [
+    ("fashion-mnist", "vision", "pc_cos_t0.1+procrustes1"),  # the grid's vision winner
+    ("minilm-wordnet", "text", "reg_cospress_identity_ln"),  # the registered control at the recipe's setting
+])
+def test_each_recipe_is_a_studied_configuration(specs, tmp_path, recipe, benchmark, variant) -> None:
+    """README says the recipes are configurations the study trained: their training fields equal the study row's."""
+    studied = variant_config(specs[benchmark], known_variants(benchmark)[variant], 0, str(tmp_path / "run"), "cache")
+    shipped = DistillationConfig(**{**read_recipe(recipe), "output_dir": str(tmp_path / "recipe")})
+    studied_steps = studied.max_steps if studied.max_steps > 0 else None
+    shipped_steps = shipped.max_steps if shipped.max_steps > 0 else None
+    if studied_steps is None or shipped_steps is None:  # one epoch of the same rows is the same number of steps
+        rows = min(shipped.max_train_samples, studied.max_train_samples)
+        epoch_steps = rows // shipped.per_device_train_batch_size
+        studied_steps = studied_steps or epoch_steps * int(studied.num_train_epochs)
+        shipped_steps = shipped_steps or epoch_steps * int(shipped.num_train_epochs)
+    assert shipped_steps == studied_steps
+    for name in read_recipe(recipe):
+        if name in NOT_TRAINING or name in ("max_steps", "num_train_epochs"):
+            continue
+        assert getattr(shipped, name) == getattr(studied, name), f"{recipe}: {name}"

@@ -475,10 +475,11 @@ def pc_exact_block(result: dict[str, Any]) -> str:
     """docs/benchmarks.md: the default perception coherence beside its naive reference, and how far apart they are."""
     compared = [row for row in result["rows"] if "max_value_difference" in row]
     if compared:
+        largest = max(row["max_value_difference"] for row in compared)
         agreement = (
             f"Ours against the naive reference on the same inputs, at every batch size where both ran "
-            f"(B = {batch_list(compared)}): |Δ loss| ≤ "
-            f"{format_difference(max(row['max_value_difference'] for row in compared))}, max |Δ gradient| / "
+            f"(B = {batch_list(compared)}): |Δ loss| {'= 0' if largest == 0 else '≤ ' + format_difference(largest)}"
+            f", max |Δ gradient| / "
             f"max |gradient| ≤ {format_difference(max(row['max_relative_grad_difference'] for row in compared))}.")
     else:
         agreement = "The naive reference ran at no batch size here: nothing to compare."

@@ -87,13 +87,14 @@ def committed_blocks() -> dict[str, dict[str, str]]:
     them, ``tests/test_rendered_tables_all.py`` the others.
     """
     # Imported here: the owners import this module to render their blocks.
-    from benchmarks import default_run, end_to_end, lm_study, loss_cost, quality, study, throughput
+    from benchmarks import default_run, end_to_end, lm_study, loss_cost, quality, registered_study, study, throughput
     from benchmarks.provenance import REPOSITORY_ROOT
 
     return {
         "benchmarks.default_run": default_run.committed_blocks(),
         "benchmarks.loss_cost": loss_cost.committed_blocks(),
         "benchmarks.study": study.committed_blocks(),
+        "benchmarks.registered_study": registered_study.committed_blocks(),
         "benchmarks.quality": quality.committed_blocks(),
         "benchmarks.throughput": throughput.committed_blocks(),
         "benchmarks.end_to_end": end_to_end.committed_blocks(),

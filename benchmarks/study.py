@@ -825,6 +825,15 @@ def write_study_report(output_dir: str, benchmarks: Sequence[str] = ("text", "vi
         # README and docs quote the committed runs only: a study written elsewhere leaves them alone
         for document, names in render_into_documents(rendered_blocks(output_dir)).items():
             logger.info("%s: rendered %s", document, ", ".join(names))
+        from benchmarks import registered_study  # it imports this module
+
+        try:
+            registered = registered_study.rendered_blocks(output_dir)
+        except ValueError as error:  # the registered experiment still running: its blocks wait
+            logger.warning("the registered experiment's blocks are not rendered yet: %s", error)
+        else:
+            for document, names in render_into_documents(registered).items():
+                logger.info("%s: rendered %s", document, ", ".join(names))
     return files
 
 

@@ -239,7 +239,7 @@ def test_a_mistyped_recipe_is_not_found_and_the_built_in_ones_are_listed(tmp_pat
     assert distill_main(["minilm-wordnett", "--output_dir", str(tmp_path / "out")]) == 2
     error = one_line_error(capsys)
     assert "recipe 'minilm-wordnett' not found" in error and "Did you mean 'minilm-wordnet'?" in error
-    assert "fashion-mnist, minilm-wordnet, opt-lm, opt-wordnet" in error and "not used" not in error
+    assert "fashion-mnist, minilm-wordnet, minilm-wordnet-pc, opt-lm, opt-wordnet" in error and "not used" not in error
     assert not (tmp_path / "out").exists()
 
 

@@ -49,7 +49,7 @@ import os
 import random
 import sysconfig
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -213,6 +213,18 @@ def registered_candidates(batch: int = TEXT_BATCH) -> dict[str, dict[str, dict[s
     return candidates
 
 
+def add_controls_and_mixtures(add: Callable[..., None], anchors: dict[str, tuple[str, dict[str, Any]]],
+                              candidates: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Arms 6 and 7 through ``add(name, group, **variant_fields)``: each anchor alone (a control), and each candidate
+    beside it at every weight of :data:`REGISTERED_MIXTURE_WEIGHTS` (the anchor at weight 1)."""
+    for anchor, (loss, anchor_kwargs) in anchors.items():
+        add(anchor, "controls", losses=(loss,), loss_kwargs=anchor_kwargs)
+        for name, loss_kwargs in candidates.items():
+            for weight in REGISTERED_MIXTURE_WEIGHTS:
+                add(f"{anchor}+{name}_w{weight:g}", "mixtures", losses=(loss, "perception_coherence"),
+                    loss_weights=(1.0, weight), loss_kwargs={**anchor_kwargs, **loss_kwargs})
+
+
 def registered_variants(benchmark: str) -> list[Variant]:
     """The registered experiment's rows (``reg_`` + the names below); on text at its setting
     (:data:`REGISTERED_MAX_LENGTH`, :data:`REGISTERED_STEPS` steps):
@@ -255,12 +267,7 @@ def registered_variants(benchmark: str) -> list[Variant]:
         for name, loss_kwargs in candidates.items():
             add(f"{name}_nbr{fraction:g}", "teacher-neighbour batches", loss_kwargs=loss_kwargs,
                 neighbour_fraction=fraction)
-    for anchor, (loss, anchor_kwargs) in REGISTERED_ANCHORS.items():
-        add(anchor, "controls", losses=(loss,), loss_kwargs=anchor_kwargs)
-        for name, loss_kwargs in candidates.items():
-            for weight in REGISTERED_MIXTURE_WEIGHTS:
-                add(f"{anchor}+{name}_w{weight:g}", "mixtures", losses=(loss, "perception_coherence"),
-                    loss_weights=(1.0, weight), loss_kwargs={**anchor_kwargs, **loss_kwargs})
+    add_controls_and_mixtures(add, REGISTERED_ANCHORS, candidates)
     add("pc_t0.1", "reference (not a candidate)", loss_kwargs=registered_pc())
     return rows
 
@@ -283,12 +290,7 @@ def registered_vision_variants() -> list[Variant]:
 
     for name, loss_kwargs in candidates.items():
         add(name, "vision check", loss_kwargs=loss_kwargs)
-    for anchor, (loss, anchor_kwargs) in anchors.items():
-        add(anchor, "controls", losses=(loss,), loss_kwargs=anchor_kwargs)
-        for name, loss_kwargs in candidates.items():
-            for weight in REGISTERED_MIXTURE_WEIGHTS:
-                add(f"{anchor}+{name}_w{weight:g}", "mixtures", losses=(loss, "perception_coherence"),
-                    loss_weights=(1.0, weight), loss_kwargs={**anchor_kwargs, **loss_kwargs})
+    add_controls_and_mixtures(add, anchors, candidates)
     return rows
 
 
@@ -843,7 +845,7 @@ def write_study_report(output_dir: str, benchmarks: Sequence[str] = ("text", "vi
 STUDY_TEST_ROWS = {
     "text": (
         ("projected_mse", "(= the sentence-transformers peer, seed 0 identical to every digit)"),
-        ("cospress_identity_ln", "(the `minilm-wordnet` recipe now)"),
+        ("cospress_identity_ln", "(the `minilm-wordnet` recipe's loss)"),
         ("cospress_identity", "(no LayerNorm)"),
         ("pc_cos_t0.1+projected_mse1", ""),
         ("pc_cos_t0.1", ""),

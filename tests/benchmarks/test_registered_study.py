@@ -70,6 +70,8 @@ def test_the_winner_replaces_the_default_only_beyond_the_larger_seed_std(spread,
     sentence = outcome_sentence(runs, chosen)
     assert "`reg_projected_mse+pc_top30_w0.3`" in sentence
     assert ("so it is the default now" in sentence) is beats
+    # test figures as validation here: ahead beyond the larger seed std, level within it
+    assert ("ahead of both controls on test" if beats else "level with both controls on test") in sentence
 
 
 def test_the_recipe_takes_the_winners_losses() -> None:

@@ -120,7 +120,7 @@ def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig
     Command-line values override the recipe's, exactly as with any ``HfArgumentParser`` script. Without a recipe
     the fields not given keep ``DistillationConfig``'s defaults, so every option the run is refused for is one the
     user set (or the recipe they named set); with no argument at all, the quick start: the built-in
-    ``minilm-wordnet`` recipe (:func:`named_recipe`).
+    default recipe, ``recipes.DEFAULT_RECIPE`` (:func:`named_recipe`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe = named_recipe(argv)
@@ -141,8 +141,8 @@ def parse_distillation_args(argv: list[str] | None = None) -> DistillationConfig
 
 
 def named_recipe(argv: list[str]) -> str | None:
-    """The recipe a command line runs: its first argument when that is not an option, the built-in
-    ``minilm-wordnet`` when there is no argument at all (the README's quick start), else none."""
+    """The recipe a command line runs: its first argument when that is not an option, the built-in default
+    (``recipes.DEFAULT_RECIPE``) when there is no argument at all (the README's quick start), else none."""
     if not argv:
         return DEFAULT_RECIPE
     return argv[0] if is_recipe_argument(argv[0]) else None

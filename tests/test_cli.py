@@ -15,13 +15,14 @@ from hf_pcoh.recipes import builtin_recipes
 from tiny_models import MINILM, TINY_BERT, TINY_RESNET, TINY_VIT
 
 
-def test_no_arguments_selects_the_embedded_minilm_wordnet_recipe() -> None:
+def test_no_arguments_selects_the_embedded_default_recipe_minilm_wordnet_pc() -> None:
     config = parse_distillation_args([])
     assert config.teacher_model_name_or_path == MINILM
     assert config.dataset_name == "wordnet_glosses"
-    assert config.losses == ["cospress"]  # the study's choice for this recipe (docs/study.md)
-    assert config.loss_kwargs == {"cospress": {"map_init": "identity"}}
-    assert set(builtin_recipes()) >= {"minilm-wordnet", "opt-wordnet", "fashion-mnist"}
+    # the registered experiment's winner (docs/study.md): CosPress (identity map) + cosine PC at weight 0.3
+    assert config.losses == ["cospress", "perception_coherence"] and config.loss_weights == [1.0, 0.3]
+    assert config.loss_kwargs["cospress"] == {"map_init": "identity"}
+    assert set(builtin_recipes()) >= {"minilm-wordnet", "minilm-wordnet-pc", "opt-wordnet", "fashion-mnist"}
 
 
 def test_command_line_values_override_the_recipe_and_keep_the_rest(tmp_path) -> None:
@@ -58,7 +59,7 @@ TEXT_RUN = ["--teacher_config", str(TINY_BERT).replace("'", '"'), "--teacher_pro
             "--losses", "perception_coherence"]
 
 def test_options_without_a_recipe_keep_the_configs_defaults_not_a_hidden_recipe(tmp_path) -> None:
-    """Only an empty command line is the quick start (the minilm-wordnet recipe); options alone start from
+    """Only an empty command line is the quick start (the default recipe, minilm-wordnet-pc); options alone start from
     DistillationConfig's defaults, so the recipe's teacher_cache, student_init_from_teacher... never slip in."""
     from hf_pcoh.config import DistillationConfig
 
@@ -67,7 +68,7 @@ def test_options_without_a_recipe_keep_the_configs_defaults_not_a_hidden_recipe(
     for field in ("teacher_model_name_or_path", "teacher_cache", "student_init_from_teacher", "learning_rate",
                   "max_length", "pooling", "loss_kwargs", "num_train_epochs"):
         assert getattr(config, field) == getattr(defaults, field), field
-    with pytest.raises(ValueError, match=r"^no teacher: .*; or start from a recipe: hf-pcoh distill minilm-wordnet "):
+    with pytest.raises(ValueError, match=r"^no teacher: .*; or start from a recipe: hf-pcoh distill minilm-wordnet-pc "):
         parse_distillation_args(["--max_steps", "1"])
 
 

@@ -116,7 +116,7 @@ class TeacherNeighbourOrder(Sampler[int]):
 def teacher_neighbour_batches(neighbour_fraction: float) -> Iterator[None]:
     """Within the block, every ``DistillationTrainer`` orders its training rows by :class:`TeacherNeighbourOrder`,
     from the cached teacher features of its training set (``teacher_cache`` must be on)."""
-    original = DistillationTrainer._get_train_sampler
+    own = vars(DistillationTrainer).get("_get_train_sampler")  # None: the Trainer's, inherited
 
     def sampler(trainer: DistillationTrainer, train_dataset: Any = None) -> Sampler[int]:
         dataset = trainer.train_dataset if train_dataset is None else train_dataset
@@ -131,5 +131,8 @@ def teacher_neighbour_batches(neighbour_fraction: float) -> Iterator[None]:
     DistillationTrainer._get_train_sampler = sampler  # type: ignore[method-assign]
     try:
         yield
-    finally:
-        DistillationTrainer._get_train_sampler = original  # type: ignore[method-assign]
+    finally:  # the class as it was: inheriting the Trainer's sampler again, not holding a copy of it
+        if own is None:
+            del DistillationTrainer._get_train_sampler
+        else:
+            DistillationTrainer._get_train_sampler = own  # type: ignore[method-assign]

@@ -93,3 +93,4 @@ def test_the_trainer_orders_rows_inside_the_block_only(features) -> None:
         with pytest.raises(ValueError, match="teacher_cache"):
             DistillationTrainer._get_train_sampler(trainer, Dataset.from_dict({"text": ["x"] * 8}))
     assert DistillationTrainer._get_train_sampler is original
+    assert "_get_train_sampler" not in vars(DistillationTrainer)  # inherited again, not overridden

@@ -365,24 +365,24 @@ def three_significant(value: float) -> str:
     return f"{value:.{decimals}f}"
 
 
+def small_or_large(small: float, small_unit: str, large: float, large_unit: str, small_below: float) -> str:
+    """``small`` in ``small_unit`` with one decimal below 10 and none up to ``small_below``; above it ``large`` in
+    ``large_unit`` to three significant digits."""
+    if small < 9.95:
+        return f"{small:.1f} {small_unit}"
+    if small < small_below:
+        return f"{small:.0f} {small_unit}"
+    return f"{three_significant(large)} {large_unit}"
+
+
 def format_seconds(seconds: float) -> str:
     """``90 ms`` below a second (``4.5 ms`` below 10 ms), three significant digits above (``6.95 s``, ``65.3 s``)."""
-    milliseconds = seconds * 1e3
-    if milliseconds < 9.95:
-        return f"{milliseconds:.1f} ms"
-    if milliseconds < 999.5:
-        return f"{milliseconds:.0f} ms"
-    return f"{three_significant(seconds)} s"
+    return small_or_large(seconds * 1e3, "ms", seconds, "s", small_below=999.5)
 
 
 def format_memory(count: float) -> str:
     """``87 MiB`` below a GiB (``4.5 MiB`` below 10 MiB), three significant digits above (``2.13 GiB``)."""
-    mebibytes = count / 2**20
-    if mebibytes < 9.95:
-        return f"{mebibytes:.1f} MiB"
-    if mebibytes < 1023.5:
-        return f"{mebibytes:.0f} MiB"
-    return f"{three_significant(count / 2**30)} GiB"
+    return small_or_large(count / 2**20, "MiB", count / 2**30, "GiB", small_below=1023.5)
 
 
 def format_difference(value: float) -> str:

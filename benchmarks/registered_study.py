@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.study import (
-    COMMITTED_RESULTS, HEADLINE, RowSummary, load_results, markdown_row, mean_and_std, registered_variants,
-    summarise_rows,
+    COMMITTED_RESULTS, HEADLINE, RowSummary, known_variants, load_results, markdown_row, mean_and_std,
+    registered_variants, summarise_rows,
 )
 
 TIE = 0.002  # validation recall@10 differences within this are ties, broken by validation 10-NN accuracy
@@ -56,7 +56,7 @@ def ranked(rows: Sequence[RowSummary]) -> list[RowSummary]:
 
 def pc_carries_real_weight(variant_name: str, benchmark: str = "text") -> bool:
     """Perception coherence alone, or beside another term at weight >= :data:`REAL_WEIGHT`."""
-    variant = {row.name: row for row in registered_variants(benchmark)}[variant_name]
+    variant = known_variants(benchmark)[variant_name]
     if "perception_coherence" not in variant.losses:
         return False
     if len(variant.losses) == 1:
@@ -81,6 +81,12 @@ def registered_runs(output_dir: str, benchmark: str = "text") -> list[dict[str, 
     return [result for result in load_results(output_dir, benchmark) if result["variant"] in names]
 
 
+def final_summaries(results: list[dict[str, Any]], finalists: Sequence[str]) -> dict[str, dict[str, RowSummary]]:
+    """Mean and std over seeds 0, 1, 2 of each finalist, by split."""
+    runs = [r for r in results if r["variant"] in finalists and r["seed"] in FINAL_SEEDS]
+    return {split: {row.variant: row for row in summarise_rows(runs, split)} for split in ("validation", "test", "ood")}
+
+
 def selection(results: list[dict[str, Any]]) -> Selection:
     """The registration's rule on the registered text runs ``results`` (module docstring)."""
     screening = ranked(summarise_rows([r for r in results if r["seed"] == 0], "validation"))
@@ -92,8 +98,7 @@ def selection(results: list[dict[str, Any]]) -> Selection:
     winner, beats_default = None, None
     seeds = {variant: {r["seed"] for r in results if r["variant"] == variant} for variant in finalists}
     if finalists and all(set(FINAL_SEEDS) <= seeds[variant] for variant in finalists):
-        full = {row.variant: row for row in summarise_rows(
-            [r for r in results if r["variant"] in finalists and r["seed"] in FINAL_SEEDS], "validation")}
+        full = final_summaries(results, finalists)["validation"]
         winner = ranked([full[variant] for variant in finalists if pc_carries_real_weight(variant)])[0].variant
         default = full.get(DEFAULT_ROW)
         if default is not None:
@@ -133,11 +138,6 @@ def screening_table(chosen: Selection) -> str:
         mark = "yes" if row.variant in chosen.finalists else ""
         lines.append(markdown_row([str(position), f"`{row.variant}`", short_group(row.group), *cells, mark]))
     return "\n".join(lines)
-
-
-def final_summaries(results: list[dict[str, Any]], finalists: Sequence[str]) -> dict[str, dict[str, RowSummary]]:
-    runs = [r for r in results if r["variant"] in finalists and r["seed"] in FINAL_SEEDS]
-    return {split: {row.variant: row for row in summarise_rows(runs, split)} for split in ("validation", "test", "ood")}
 
 
 def missing_seeds(results: list[dict[str, Any]], finalists: Sequence[str]) -> list[str]:
@@ -197,11 +197,9 @@ def outcome_sentence(results: list[dict[str, Any]], chosen: Selection) -> str:
     verdicts = {against(default), against(mse)}
     verdict = (f"{verdicts.pop()} both controls on test" if len(verdicts) == 1 else
                f"{against(default)} CosPress and {against(mse)} projected MSE on test")
-    decision = ("on validation, where the rule decides, it beats the default by more than the larger seed std, so it "
-                "is the default now"
-                if chosen.beats_default else
-                "on validation, where the rule decides, it does not beat the default by more than the larger seed std, so "
-                "`minilm-wordnet` stays the default")
+    decision = "on validation, where the rule decides, it " + (
+        "beats the default by more than the larger seed std, so it is the default now" if chosen.beats_default else
+        "does not beat the default by more than the larger seed std, so `minilm-wordnet` stays the default")
     return (f"The registered experiment's best perception-coherence configuration, `{winner}` (the "
             f"`minilm-wordnet-pc` recipe), reaches test teacher-neighbour recall@10 {figure(winner)} (3 seeds), "
             f"{verdict} (only a difference beyond the larger seed std counts): CosPress with the identity map "
@@ -229,7 +227,7 @@ def committed_blocks() -> dict[str, str]:
 def recipe_loss_fields(variant_name: str) -> dict[str, Any]:
     """The recipe fields of a registered text row that differ from ``minilm-wordnet``: its losses, their weights
     and options (the ``minilm-wordnet-pc`` recipe is ``minilm-wordnet`` with these)."""
-    variant = {row.name: row for row in registered_variants("text")}[variant_name]
+    variant = known_variants("text")[variant_name]
     if variant.neighbour_fraction is not None or variant.overrides.get("per_device_train_batch_size"):
         raise ValueError(f"{variant_name} needs a sampler or batch the recipe does not set: write its recipe by hand")
     fields: dict[str, Any] = {"losses": list(variant.losses),

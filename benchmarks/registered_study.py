@@ -13,6 +13,12 @@ registration fixed, before any run:
 * **decision**: the best finalist by validation recall is the ``minilm-wordnet-pc`` recipe; it replaces the default
   only if its validation recall beats the default's by more than the larger of the two seed standard deviations.
 
+One departure, written after arm 4's first rows came in and recorded in docs/study.md: arm 4 (**batch at equal
+steps**, :data:`BATCH_GROUP`) trains 250 steps of B, so its rows see B/64 times the recipe's samples. The recipe must
+keep ``minilm-wordnet``'s data and budget, and the default was never run at those batches, so these rows are
+neither screened for the recipe nor finalists: :func:`batch_table` sets each perception-coherence row beside MSE
+at the same batch, the comparison the arm was registered for.
+
 :func:`selection` applies these rules to whatever runs are stored, so the tables, the recipe's provenance and the
 README's sentence come from the files; :func:`committed_blocks` renders docs/study.md's and README's blocks.
 """
@@ -24,14 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.study import (
-    COMMITTED_RESULTS, HEADLINE, RowSummary, known_variants, load_results, markdown_row, mean_and_std,
-    registered_variants, summarise_rows,
+    COMMITTED_RESULTS, HEADLINE, REGISTERED_BATCHES, TEXT_BATCH, RowSummary, known_variants, load_results,
+    markdown_row, mean_and_std, registered_variants, summarise_rows,
 )
 
 TIE = 0.002  # validation recall@10 differences within this are ties, broken by validation 10-NN accuracy
 RECALL = f"{HEADLINE}/cosine"
 KNN = "knn_accuracy@10/cosine"
 CANDIDATE_GROUPS = ("registered: two-sided locality", "registered: top-k", "registered: sharper ranks")
+BATCH_GROUP = "registered: batch at equal steps"  # arm 4: B/64 times the recipe's samples (module docstring)
 CONTROLS = ("reg_projected_mse", "reg_cospress_identity_ln")
 REFERENCE_GROUP = "registered: reference (not a candidate)"
 REAL_WEIGHT = 0.3  # perception coherence "carries real weight" at this weight or more beside another term
@@ -69,7 +76,7 @@ def pc_carries_real_weight(variant_name: str, benchmark: str = "text") -> bool:
 class Selection:
     """The registered rules applied to the stored runs."""
 
-    screening: list[RowSummary]  # every registered row with a seed-0 run, best first (validation)
+    screening: list[RowSummary]  # every registered row at the recipe's budget with a seed-0 run, best first
     best_candidates: list[str]  # the best two of 1-3: their mixtures and neighbour batches run next
     finalists: list[str]  # the best three PC-carrying rows (so far), then the controls
     winner: str | None  # the best finalist by validation recall over its seeds, once all have 3 seeds
@@ -89,7 +96,8 @@ def final_summaries(results: list[dict[str, Any]], finalists: Sequence[str]) -> 
 
 def selection(results: list[dict[str, Any]]) -> Selection:
     """The registration's rule on the registered text runs ``results`` (module docstring)."""
-    screening = ranked(summarise_rows([r for r in results if r["seed"] == 0], "validation"))
+    screening = ranked(summarise_rows([r for r in results if r["seed"] == 0 and r["group"] != BATCH_GROUP],
+                                      "validation"))
     candidates = [row.variant for row in screening if row.group in CANDIDATE_GROUPS]
     eligible = [row.variant for row in screening
                 if row.group != REFERENCE_GROUP and pc_carries_real_weight(row.variant)]
@@ -178,6 +186,84 @@ def vision_table(vision_results: list[dict[str, Any]], chosen: Selection) -> str
     return "\n".join(lines)
 
 
+BATCH_COLUMNS = (  # (split, metric, header): arm 4's table, each cell "perception coherence / MSE"
+    ("validation", RECALL, "val nbr recall@10"),
+    ("validation", KNN, "val 10-NN"),
+    ("test", RECALL, "test nbr recall@10"),
+    ("test", KNN, "test 10-NN"),
+    ("ood", RECALL, "OOD nbr recall@10"),
+)
+
+
+def batch_pairs() -> list[tuple[int, str, str]]:
+    """Arm 4's ``(B, perception-coherence row, MSE row)``, the recipe's batch first: at B = 64 the reference row
+    ``reg_pc_t0.1`` (the same loss and options as ``reg_pc_b{B}``) and the control ``reg_projected_mse``."""
+    return [(TEXT_BATCH, "reg_pc_t0.1", "reg_projected_mse")] + [
+        (batch, f"reg_pc_b{batch}", f"reg_projected_mse_b{batch}") for batch in REGISTERED_BATCHES]
+
+
+def passes_over_training_set(result: dict[str, Any]) -> float:
+    """How many times a run's steps pass over its training glosses: steps x batch / training samples."""
+    recipe, overrides = result["settings"]["recipe"], result["settings"]["variant"]["overrides"]
+    batch = overrides.get("per_device_train_batch_size", recipe["per_device_train_batch_size"])
+    return overrides["max_steps"] * batch / recipe["max_train_samples"]
+
+
+def seed_zero_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["variant"]: r for r in results if r["seed"] == 0}
+
+
+def batch_table(results: list[dict[str, Any]]) -> str:
+    """Arm 4 (seed 0): perception coherence beside projected MSE at each batch, 250 steps each; a batch whose pair
+    has not run reads "not run"."""
+    runs = seed_zero_runs(results)
+    lines = [markdown_row(["B (250 steps)", "passes over the glosses",
+                           *(f"{header}: PC / MSE" for _, _, header in BATCH_COLUMNS), "train min: PC / MSE"]),
+             "|---:|---:|" + "---:|" * (len(BATCH_COLUMNS) + 1)]
+    for batch, pc, mse in batch_pairs():
+        if pc not in runs or mse not in runs:
+            lines.append(markdown_row([str(batch), "", *(["not run"] * (len(BATCH_COLUMNS) + 1))]))
+            continue
+        cells = [f"{runs[pc]['metrics'][split][key]:.3f} / {runs[mse]['metrics'][split][key]:.3f}"
+                 for split, key, _ in BATCH_COLUMNS]
+        minutes = f"{runs[pc]['train_seconds'] / 60:.0f} / {runs[mse]['train_seconds'] / 60:.0f}"
+        lines.append(markdown_row([str(batch), f"{passes_over_training_set(runs[pc]):g}", *cells, minutes]))
+    return "\n".join(lines)
+
+
+def batch_outcome_sentence(results: list[dict[str, Any]]) -> str:
+    """README's sentence on arm 4, from the files: validation recall of each loss by batch, and the gap."""
+    runs = seed_zero_runs(results)
+    done = [(batch, pc, mse) for batch, pc, mse in batch_pairs() if pc in runs and mse in runs]
+    if len(done) < 2:
+        raise ValueError("arm 4 needs the B = 64 pair and at least one larger batch at seed 0: scripts/study.py run "
+                         "--benchmarks text --seeds 0 --variants reg_pc_b256 reg_projected_mse_b256")
+    pending = [f"{batch:,}" for batch, pc, mse in batch_pairs() if (batch, pc, mse) not in done]
+
+    def recall(variant: str) -> float:
+        return runs[variant]["metrics"]["validation"][RECALL]
+
+    def series(column: int) -> list[float]:
+        return [recall(row[column]) for row in done]
+
+    def trend(values: list[float]) -> str:
+        return " → ".join(f"{value:.3f}" for value in values)
+
+    rises = all(b > a for values in (series(1), series(2)) for a, b in zip(values, values[1:]))
+    gaps = [recall(mse) - recall(pc) for _, pc, mse in done]
+    batches = ", ".join(f"{batch:,}" for batch, _, _ in done)
+    comparison = ("perception coherence stays behind MSE at every batch run" if all(gap > 0 for gap in gaps) else
+                  "perception coherence is ahead of MSE at every batch run" if all(gap < 0 for gap in gaps) else
+                  "perception coherence is behind MSE at some batches, not all")
+    return (f"Larger batches at the same 250 steps (arm 4; seed 0, validation teacher-neighbour recall@10 at B = "
+            f"{batches}): the recall of both losses {'rises with the batch' if rises else 'does not rise steadily'} "
+            f"— perception coherence {trend(series(1))}, projected MSE {trend(series(2))} — and {comparison} (MSE "
+            f"minus perception coherence: {', '.join(f'{gap:+.3f}' for gap in gaps)}). These rows see B/64 times the recipe's samples, so they "
+            "are a finding about budget, not candidates for the recipe"
+            + (f"; B = {' and '.join(pending)} {'has' if len(pending) == 1 else 'have'} not run yet." if pending
+               else "."))
+
+
 def outcome_sentence(results: list[dict[str, Any]], chosen: Selection) -> str:
     """README's verdict, from the files: the winner against the default and projected MSE on test."""
     if chosen.winner is None:
@@ -209,11 +295,13 @@ def outcome_sentence(results: list[dict[str, Any]], chosen: Selection) -> str:
 
 
 def rendered_blocks(output_dir: str) -> dict[str, str]:
-    """docs/study.md's ``registered_screening``, ``registered_test``, ``registered_vision`` and README's
-    ``registered_outcome``, from the registered runs in ``output_dir``."""
+    """docs/study.md's ``registered_screening``, ``registered_batch``, ``registered_test``, ``registered_vision`` and
+    README's ``registered_outcome`` and ``registered_batch_outcome``, from the registered runs in ``output_dir``."""
     results = registered_runs(output_dir, "text")
     chosen = selection(results)
     return {"registered_screening": screening_table(chosen),
+            "registered_batch": batch_table(results),
+            "registered_batch_outcome": batch_outcome_sentence(results),
             "registered_test": final_table(results, chosen),
             "registered_vision": vision_table(registered_runs(output_dir, "vision"), chosen),
             "registered_outcome": outcome_sentence(results, chosen)}

@@ -6,17 +6,23 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.registered_study import (
-    KNN, RECALL, outcome_sentence, pc_carries_real_weight, ranked, recipe_loss_fields, selection,
+    KNN, RECALL, batch_outcome_sentence, batch_table, outcome_sentence, pc_carries_real_weight, ranked,
+    recipe_loss_fields, selection,
 )
 from benchmarks.study import RowSummary, registered_variants
 
 GROUPS = {variant.name: variant.group for variant in registered_variants("text")}
 
 
+VARIANTS = {variant.name: variant for variant in registered_variants("text")}
+
+
 def run(variant: str, seed: int, recall: float, knn: float = 0.45) -> dict:
     figures = {RECALL: recall, KNN: knn, "dissimilarity_spearman/cosine": 0.8, "perception_coherence/cosine": 0.8}
-    return {"variant": variant, "group": GROUPS[variant], "seed": seed, "train_seconds": 1.0,
-            "metrics": {split: dict(figures) for split in ("validation", "test", "ood")}}
+    settings = {"recipe": {"per_device_train_batch_size": 64, "max_train_samples": 16000},
+                "variant": {"overrides": dict(VARIANTS[variant].overrides)}}
+    return {"variant": variant, "group": GROUPS[variant], "seed": seed, "train_seconds": 300.0 * (1 + seed),
+            "settings": settings, "metrics": {split: dict(figures) for split in ("validation", "test", "ood")}}
 
 
 def row(variant: str, recall: float, knn: float) -> RowSummary:
@@ -81,3 +87,22 @@ def test_the_recipe_takes_the_winners_losses() -> None:
                                                  "top_k": 30}}}
     with pytest.raises(ValueError, match="by hand"):
         recipe_loss_fields("reg_pc_b256")
+
+
+def test_batch_rows_are_compared_with_mse_at_their_batch_never_screened_for_the_recipe() -> None:
+    # arm 4 sees B/64 times the recipe's samples: even the best row is no finalist (docs/study.md, the departure)
+    runs = screening_runs() + [run("reg_pc_b256", 0, 0.660), run("reg_projected_mse_b256", 0, 0.679),
+                               run("reg_pc_b512", 0, 0.670)]  # B = 512's MSE has not run
+    chosen = selection(runs)
+    assert chosen.finalists == selection(screening_runs()).finalists
+    assert not any("_b256" in row.variant or "_b512" in row.variant for row in chosen.screening)
+    lines = batch_table(runs).splitlines()
+    assert lines[2].startswith("| 64 | 1 | 0.650 / 0.634 |")  # the reference row reg_pc_t0.1 beside the control
+    assert lines[3].startswith("| 256 | 4 | 0.660 / 0.679 |") and lines[3].endswith("| 5 / 5 |")
+    assert "not run" in lines[4] and "not run" in lines[5]  # a pair lacking a row is not shown half
+    sentence = batch_outcome_sentence(runs)
+    assert "perception coherence 0.650 → 0.660, projected MSE 0.634 → 0.679" in sentence
+    assert "is behind MSE at some batches, not all (MSE minus perception coherence: -0.016, +0.019)" in sentence  # behind at 256 only
+    assert sentence.endswith("B = 512 and 1,024 have not run yet.")
+    with pytest.raises(ValueError, match="reg_pc_b256"):
+        batch_outcome_sentence(screening_runs())  # the B = 64 pair alone says nothing about batches

@@ -189,6 +189,9 @@ REGISTERED_STEPS = 250
 REGISTERED_DECAYS_PER_RANK = (0.1, 0.3)  # lambda' of two-sided locality, per integer rank
 REGISTERED_TOP_K = (10, 30)
 REGISTERED_BATCHES = (256, 512, 1024)
+# Arm 4's rows from this batch on run the student on length-sorted chunks of TEXT_BATCH (hf_pcoh.length_chunks):
+# unchunked, a B = 512 step took about 3 times a B = 256 one here, and B = 1,024 did not fit a session.
+CHUNKED_FROM_BATCH = 512
 REGISTERED_MIXTURE_WEIGHTS = (0.1, 0.3)
 REGISTERED_NEIGHBOUR_FRACTIONS = (0.25, 0.5)
 # The anchors the best two candidates are added to, with their loss options.
@@ -259,6 +262,8 @@ def registered_variants(benchmark: str) -> list[Variant]:
         add(name, group, loss_kwargs=loss_kwargs)
     for batch in REGISTERED_BATCHES:
         overrides = batch_overrides(batch, TEXT_BATCH, 1e-4)  # no base_steps: the 250 steps stay
+        if batch >= CHUNKED_FROM_BATCH:  # the same features up to rounding, a fraction of the padding (docs/study.md)
+            overrides["student_forward_chunk_size"] = TEXT_BATCH
         add(f"pc_b{batch}", "batch at equal steps", loss_kwargs=registered_pc(), overrides=overrides)
         add(f"projected_mse_b{batch}", "batch at equal steps", losses=("projected_mse",), overrides=overrides)
     for fraction in REGISTERED_NEIGHBOUR_FRACTIONS:  # arm 5: on MSE, and on each candidate (the best runs by name)

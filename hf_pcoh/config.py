@@ -129,6 +129,9 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
         teacher_cache (`str` or `None`, *optional*, defaults to `None`):
             Folder of the teacher-feature cache (each process computes its share), or `auto` (cached when one pass
             pays and fits); `none` (the default): the teacher runs live.
+        student_forward_chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Run the student on length-sorted chunks of this many examples, each padded only to its own longest;
+            the losses still see the whole batch (pooled features only; no class logits).
         non_finite_loss (`str`, *optional*, defaults to `"stop"`):
             When an update's loss or gradients become NaN/inf: `stop` (checkpoint, then stop) or `skip` the update.
         max_consecutive_skips (`int`, *optional*, defaults to `10`):
@@ -374,6 +377,15 @@ class DistillationConfig(ConfigChecks, TrainingArguments):
                   "disk), are pooled and the data have no on-the-fly transform (augmentation); otherwise the teacher "
                   "runs live (one log line says which, and why). 'none' (or off, false, no): the teacher runs live, "
                   "the default."},
+    )
+    student_forward_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Run the student's forward on length-sorted chunks of this many examples, each trimmed to "
+                  "its own longest example, and put the pooled features back in the batch's order: the losses see "
+                  "the whole batch the sampler drew (unlike group_by_length, which regroups batches), with features "
+                  "equal up to float rounding and far less padding in large text batches (hf_pcoh.length_chunks). "
+                  "Pooled features only, right padding, no class logits (ce_weight, logit_kd_weight 0, not "
+                  "causal_lm). Default: one forward of the whole batch."},
     )
     non_finite_loss: str = field(
         default="stop",

@@ -273,6 +273,25 @@ class ConfigChecks:
         token_objectives = self.ce_weight > 0 or self.logit_kd_weight > 0
         return "causal_lm" if token_objectives and student_is_causal_lm and self.label_column is None else "features"
 
+    def _check_student_forward_chunks(self) -> None:
+        """Chunks give pooled features back in the batch's order; logits, token features and left padding they do
+        not reassemble (hf_pcoh.length_chunks)."""
+        size = self.student_forward_chunk_size
+        if size is None:
+            return
+        if size < 1:
+            raise ValueError(f"student_forward_chunk_size={size}: give a number of examples >= 1, or leave it unset")
+        uses_logits = [f"{option}={getattr(self, option)}" for option in ("ce_weight", "logit_kd_weight")
+                       if getattr(self, option) > 0]
+        if self.task == "causal_lm":
+            uses_logits.append("task=causal_lm")
+        if uses_logits:
+            raise ValueError(f"student_forward_chunk_size puts pooled features back together, not logits, which "
+                             f"{', '.join(uses_logits)} needs: leave student_forward_chunk_size unset")
+        if self.padding_side == "left":
+            raise ValueError("student_forward_chunk_size trims each chunk's padding from the right: padding_side "
+                             "'left' cannot be chunked; use 'right' or leave student_forward_chunk_size unset")
+
     def _check_data_and_run_options(self) -> None:
         if self.non_finite_loss not in ("stop", "skip"):
             raise ValueError(f"non_finite_loss={self.non_finite_loss!r} must be 'stop' or 'skip'")
@@ -300,6 +319,7 @@ class ConfigChecks:
             raise ValueError(f"teacher_cache={self.teacher_cache!r} stores features per row of a whole training set; a "
                              "streamed one is read as it goes: drop --teacher_cache or --streaming")
         self._check_teacher_embedding_column()
+        self._check_student_forward_chunks()
         for option in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, option)
             if value is not None and value < 1:

@@ -25,6 +25,7 @@ from .config import DistillationConfig
 from .distributed import world_size
 from .features import FeatureExtractor, Features
 from .global_batch import GlobalBatches
+from .length_chunks import chunked_features
 from .losses import DistillationLoss, build_loss
 from .losses.token_kd import IGNORE_INDEX, next_token_cross_entropy_sum, next_token_targets
 from .models import is_causal_lm
@@ -283,9 +284,11 @@ class DistillationModel(nn.Module):
         ce_weight: float = 0.0,
         logit_kd: DistillationLoss | None = None,
         logit_kd_weight: float = 0.0,
+        student_forward_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.student = student
+        self.student_forward_chunk_size = student_forward_chunk_size  # hf_pcoh.length_chunks
         self.heads = nn.ModuleDict()
         self.student_extractors = student_extractors
         self.terms: list[DistillationTerm] = []
@@ -356,6 +359,15 @@ class DistillationModel(nn.Module):
         self.activation_checkpointing_disable()
 
     def student_features(self, student_inputs: dict[str, torch.Tensor]) -> tuple[list[Features], Any]:
+        """The student's features for every layer pair, and its outputs (``None`` when run in length-sorted chunks:
+        then only pooled features come back, :mod:`hf_pcoh.length_chunks`)."""
+        if self.student_forward_chunk_size is not None:
+            if self.causal_lm or self.ce_weight > 0 or self.logit_kd_weight > 0:
+                raise ValueError("student_forward_chunk_size puts pooled features back together, not the logits a "
+                                 "language-model student, ce_weight or logit_kd_weight needs: leave it unset")
+            features = chunked_features(lambda **chunk: self.student(**chunk, output_hidden_states=True),
+                                        self.student_extractors, student_inputs, self.student_forward_chunk_size)
+            return features, None
         # A training forward keeps no key/value cache (a language model's, otherwise returned with its outputs).
         no_cache = {"use_cache": False} if self.causal_lm else {}
         outputs = self.student(**student_inputs, output_hidden_states=True, **no_cache)

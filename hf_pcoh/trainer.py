@@ -126,7 +126,7 @@ class DistillationTrainer(TokenAccumulation, Trainer):
         # The loss modules are sized by running both models, which needs the teacher prepared by the
         # accelerator: the Trainer is built first on the student alone, the terms are added before training.
         model = DistillationModel(student, self.readout.student_extractors, {}, [], args.ce_weight, None,
-                                  args.logit_kd_weight)
+                                  args.logit_kd_weight, args.student_forward_chunk_size)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=collator.student_processor, callbacks=callbacks,
                          optimizers=optimizers, **kwargs)

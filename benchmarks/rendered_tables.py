@@ -87,7 +87,9 @@ def committed_blocks() -> dict[str, dict[str, str]]:
     them, ``tests/test_rendered_tables_all.py`` the others.
     """
     # Imported here: the owners import this module to render their blocks.
-    from benchmarks import default_run, end_to_end, lm_study, loss_cost, quality, registered_study, study, throughput
+    from benchmarks import (
+        default_run, end_to_end, length_chunks, lm_study, loss_cost, quality, registered_study, study, throughput,
+    )
     from benchmarks.provenance import REPOSITORY_ROOT
 
     return {
@@ -98,6 +100,7 @@ def committed_blocks() -> dict[str, dict[str, str]]:
         "benchmarks.quality": quality.committed_blocks(),
         "benchmarks.throughput": throughput.committed_blocks(),
         "benchmarks.end_to_end": end_to_end.committed_blocks(),
+        "benchmarks.length_chunks": length_chunks.committed_blocks(),
         "benchmarks.lm_study": lm_study.rendered_blocks(str(REPOSITORY_ROOT / "benchmarks" / "results" / "study")),
     }
 

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.provenance import REPOSITORY_ROOT, cpu_name
 from hf_pcoh.features import FeatureExtractor
-from hf_pcoh.length_chunks import chunked_features, length_order
+from hf_pcoh.length_chunks import chunked_features, length_sorted_chunks
 
 RESULT = REPOSITORY_ROOT / "benchmarks" / "results" / "length_chunks.json"
 COMMAND = "python scripts/bench_length_chunks.py"
@@ -45,9 +45,7 @@ def padded_tokens(attention_mask: torch.Tensor, chunk_size: int | None) -> int:
     """Tokens the forward computes: the batch times its padded width, or each chunk's rows times its own longest."""
     if chunk_size is None:
         return attention_mask.numel()
-    lengths = attention_mask.sum(dim=1)[length_order(attention_mask)]
-    return sum(int(lengths[start:start + chunk_size].max()) * len(lengths[start:start + chunk_size])
-               for start in range(0, len(lengths), chunk_size))
+    return sum(len(rows) * longest for rows, longest in length_sorted_chunks(attention_mask, chunk_size))
 
 
 def build_student_and_texts(options: ChunkBenchOptions):

@@ -35,6 +35,17 @@ def length_order(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.sort(attention_mask.sum(dim=1), stable=True).indices
 
 
+def length_sorted_chunks(attention_mask: torch.Tensor, chunk_size: int) -> list[tuple[torch.Tensor, int]]:
+    """``(rows, longest)`` of each chunk: the batch's rows shortest first, cut every ``chunk_size``, with the
+    longest length among them (at least 1)."""
+    order, lengths = length_order(attention_mask), attention_mask.sum(dim=1)
+    chunks = []
+    for start in range(0, len(order), chunk_size):
+        rows = order[start:start + chunk_size]
+        chunks.append((rows, max(int(lengths[rows].max()), 1)))
+    return chunks
+
+
 def check_right_padded(attention_mask: torch.Tensor) -> None:
     """Trimming a chunk to its longest keeps its first columns: every row's real tokens must come first."""
     lengths = attention_mask.sum(dim=1, keepdim=True)
@@ -78,12 +89,9 @@ def chunked_features(
         return [extractor(outputs, mask) for extractor in extractors]
     check_right_padded(mask)
     batch, width = mask.shape
-    order = length_order(mask)
-    lengths = mask.sum(dim=1)
+    chunks = length_sorted_chunks(mask, chunk_size)
     pieces: list[list[torch.Tensor]] = [[] for _ in extractors]
-    for start in range(0, batch, chunk_size):
-        rows = order[start:start + chunk_size]
-        length = max(int(lengths[rows].max()), 1)
+    for rows, length in chunks:
         chunk = chunk_inputs(inputs, rows, length, batch, width)
         outputs = forward(**chunk)
         for index, extractor in enumerate(extractors):
@@ -93,6 +101,7 @@ def chunked_features(
                                  "pooling 'none' keeps its tokens, whose width differs from chunk to chunk; pool the "
                                  "student's layers, or leave student_forward_chunk_size unset")
             pieces[index].append(features.values)
+    order = torch.cat([rows for rows, _ in chunks])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(batch, device=order.device)
     return [Features(torch.cat(values)[inverse]) for values in pieces]

@@ -4,6 +4,11 @@ keeps a NaN update from the weights although DeepSpeed steps inside ``backward``
 accelerate enables DeepSpeed only for accelerator process groups; :func:`deepspeed_on_gloo` lets it take the gloo
 group this machine has (the one private hook of these tests, listed in docs/architecture.md). Skipped where
 DeepSpeed is not installed (it is in the ``test`` extra).
+
+DeepSpeed's CPU communication builds a C++ op (``deepspeed_shm_comm``) with torch's JIT extension builder, which
+holds a ``lock`` file in the build folder while it checks or builds; a run killed inside that window leaves the file,
+and every later run waits for it forever. These tests build into their own folder (:func:`own_torch_extensions_dir`)
+and spawn their processes with a deadline, so neither an earlier run nor a hang here can stall the suite.
 """
 
 from __future__ import annotations
@@ -17,13 +22,26 @@ import torch
 pytest.importorskip("deepspeed")
 
 from test_non_finite_loss import LossNaNOnce, LossWithOverflowingNorm, RecordWeights  # noqa: E402
-from test_scale_out import free_port  # noqa: E402
+from test_scale_out import run_two_processes  # noqa: E402
 
 from hf_pcoh.non_finite import deepspeed_guard_problem  # noqa: E402
 
-import torch.multiprocessing as mp  # noqa: E402
-
 STEPS = 6
+# Seconds two DeepSpeed processes may take (the first also builds the shm op: about two minutes on 2 cores).
+DEADLINE_SECONDS = 900.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_torch_extensions_dir(tmp_path_factory):
+    """A torch-extension build folder of this test run only (spawned processes inherit the variable): a ``lock``
+    left behind by a killed earlier run cannot make the build wait forever."""
+    previous = os.environ.get("TORCH_EXTENSIONS_DIR")
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
+    yield
+    if previous is None:
+        os.environ.pop("TORCH_EXTENSIONS_DIR")
+    else:
+        os.environ["TORCH_EXTENSIONS_DIR"] = previous
 
 
 def deepspeed_on_gloo(rank: int, world_size: int, port: int, zero_stage: int) -> None:
@@ -115,7 +133,7 @@ def guard_worker(rank: int, world_size: int, port: int, output_dir: str) -> None
 @pytest.fixture(scope="module")
 def guard_reports(tmp_path_factory) -> tuple[object, list[dict]]:
     folder = tmp_path_factory.mktemp("deepspeed_guard")
-    mp.start_processes(guard_worker, args=(2, free_port(), str(folder)), nprocs=2, start_method="spawn")
+    run_two_processes(guard_worker, str(folder), deadline_seconds=DEADLINE_SECONDS)
     return folder, [torch.load(folder / f"rank{rank}.pt") for rank in range(2)]
 
 
@@ -223,7 +241,7 @@ def resume_worker(rank: int, world_size: int, port: int, output_dir: str, zero_s
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_resume_equals_uninterrupted_and_load_best_loads_an_earlier_checkpoint(tmp_path, zero_stage) -> None:
-    mp.start_processes(resume_worker, args=(2, free_port(), str(tmp_path), zero_stage), nprocs=2, start_method="spawn")
+    run_two_processes(resume_worker, str(tmp_path), zero_stage, deadline_seconds=DEADLINE_SECONDS)
     for rank in range(2):
         report = torch.load(tmp_path / f"rank{rank}.pt")
         assert report["best"] == "checkpoint-2"  # the higher loss: not the last checkpoint

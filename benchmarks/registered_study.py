@@ -209,39 +209,62 @@ def passes_over_training_set(result: dict[str, Any]) -> float:
     return overrides["max_steps"] * batch / recipe["max_train_samples"]
 
 
-def seed_zero_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["variant"]: r for r in results if r["seed"] == 0}
+def arm_four_summaries(results: list[dict[str, Any]]) -> dict[str, dict[str, RowSummary]]:
+    """Arm 4's rows summarised over every seed stored: ``{split: {variant: RowSummary}}``."""
+    names = {name for _, pc, mse in batch_pairs() for name in (pc, mse)}
+    rows = [r for r in results if r["variant"] in names]
+    return {split: {summary.variant: summary for summary in summarise_rows(rows, split)}
+            for split in ("validation", "test", "ood")}
+
+
+def seeds_text(seeds: Sequence[int]) -> str:
+    """``seed 0`` or ``seeds 0-2`` (consecutive) or ``seeds 0, 2``."""
+    seeds = sorted(seeds)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}–{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def mean_with_spread(row: RowSummary, key: str) -> str:
+    """``mean`` from one seed, ``mean ± std`` (sample std over seeds) from several."""
+    return f"{row.means[key]:.3f}" + (f" ± {row.stds[key]:.3f}" if len(row.seeds) > 1 else "")
 
 
 def batch_table(results: list[dict[str, Any]]) -> str:
-    """Arm 4 (seed 0): perception coherence beside projected MSE at each batch, 250 steps each; a batch whose pair
-    has not run reads "not run"."""
-    runs = seed_zero_runs(results)
-    lines = [markdown_row(["B (250 steps)", "passes over the glosses",
+    """Arm 4: perception coherence beside projected MSE at each batch, 250 steps each, mean ± std over the seeds run
+    (the seeds column; one seed: the value alone); a batch whose pair has not run reads "not run"."""
+    summaries = arm_four_summaries(results)
+    validation = summaries["validation"]
+    lines = [markdown_row(["B (250 steps)", "passes over the glosses", "seeds: PC / MSE",
                            *(f"{header}: PC / MSE" for _, _, header in BATCH_COLUMNS), "train min: PC / MSE"]),
-             "|---:|---:|" + "---:|" * (len(BATCH_COLUMNS) + 1)]
+             "|---:|---:|---:|" + "---:|" * (len(BATCH_COLUMNS) + 1)]
     for batch, pc, mse in batch_pairs():
-        if pc not in runs or mse not in runs:
-            lines.append(markdown_row([str(batch), "", *(["not run"] * (len(BATCH_COLUMNS) + 1))]))
+        if pc not in validation or mse not in validation:
+            lines.append(markdown_row([str(batch), "", "", *(["not run"] * (len(BATCH_COLUMNS) + 1))]))
             continue
-        cells = [f"{runs[pc]['metrics'][split][key]:.3f} / {runs[mse]['metrics'][split][key]:.3f}"
+        passes = passes_over_training_set(next(r for r in results if r["variant"] == pc))
+        seeds = f"{','.join(map(str, validation[pc].seeds))} / {','.join(map(str, validation[mse].seeds))}"
+        cells = [f"{mean_with_spread(summaries[split][pc], key)} / {mean_with_spread(summaries[split][mse], key)}"
                  for split, key, _ in BATCH_COLUMNS]
-        minutes = f"{runs[pc]['train_seconds'] / 60:.0f} / {runs[mse]['train_seconds'] / 60:.0f}"
-        lines.append(markdown_row([str(batch), f"{passes_over_training_set(runs[pc]):g}", *cells, minutes]))
+        minutes = f"{validation[pc].train_seconds / 60:.0f} / {validation[mse].train_seconds / 60:.0f}"
+        lines.append(markdown_row([str(batch), f"{passes:g}", seeds, *cells, minutes]))
     return "\n".join(lines)
 
 
 def batch_outcome_sentence(results: list[dict[str, Any]]) -> str:
-    """README's sentence on arm 4, from the files: validation recall of each loss by batch, and the gap."""
-    runs = seed_zero_runs(results)
-    done = [(batch, pc, mse) for batch, pc, mse in batch_pairs() if pc in runs and mse in runs]
+    """README's sentence on arm 4, from the files: validation recall of each loss by batch (mean over the seeds
+    run), the gap, and at the batches with several seeds whether the gap is beyond the larger seed std."""
+    validation = arm_four_summaries(results)["validation"]
+    done = [(batch, pc, mse) for batch, pc, mse in batch_pairs() if pc in validation and mse in validation]
     if len(done) < 2:
         raise ValueError("arm 4 needs the B = 64 pair and at least one larger batch at seed 0: scripts/study.py run "
                          "--benchmarks text --seeds 0 --variants reg_pc_b256 reg_projected_mse_b256")
     pending = [f"{batch:,}" for batch, pc, mse in batch_pairs() if (batch, pc, mse) not in done]
 
     def recall(variant: str) -> float:
-        return runs[variant]["metrics"]["validation"][RECALL]
+        return validation[variant].means[RECALL]
 
     def series(column: int) -> list[float]:
         return [recall(row[column]) for row in done]
@@ -249,17 +272,38 @@ def batch_outcome_sentence(results: list[dict[str, Any]]) -> str:
     def trend(values: list[float]) -> str:
         return " → ".join(f"{value:.3f}" for value in values)
 
+    by_seeds: dict[str, list[str]] = {}  # which seeds each batch's figures average, in batch order
+    for batch, pc, mse in done:
+        common = sorted(set(validation[pc].seeds) & set(validation[mse].seeds))
+        label = seeds_text(common) if common == validation[pc].seeds == validation[mse].seeds else (
+            f"{seeds_text(validation[pc].seeds)} / {seeds_text(validation[mse].seeds)}")
+        by_seeds.setdefault(label, []).append(f"{batch:,}")
+    seeds = "; ".join(f"{label}{' (mean)' if label.startswith('seeds') else ''} at B = {', '.join(batches)}"
+                      for label, batches in by_seeds.items())
     rises = all(b > a for values in (series(1), series(2)) for a, b in zip(values, values[1:]))
     gaps = [recall(mse) - recall(pc) for _, pc, mse in done]
     batches = ", ".join(f"{batch:,}" for batch, _, _ in done)
     comparison = ("perception coherence stays behind MSE at every batch run" if all(gap > 0 for gap in gaps) else
                   "perception coherence is ahead of MSE at every batch run" if all(gap < 0 for gap in gaps) else
                   "perception coherence is behind MSE at some batches, not all")
-    return (f"Larger batches at the same 250 steps (arm 4; seed 0, validation teacher-neighbour recall@10 at B = "
-            f"{batches}): the recall of both losses {'rises with the batch' if rises else 'does not rise steadily'} "
+    seeded = [(batch, pc, mse) for batch, pc, mse in done
+              if len(validation[pc].seeds) > 1 and len(validation[mse].seeds) > 1]
+    beyond = ""
+    if seeded:
+        margins = {batch: max(validation[pc].stds[RECALL], validation[mse].stds[RECALL]) for batch, pc, mse in seeded}
+        outside = [batch for batch, pc, mse in seeded if abs(recall(mse) - recall(pc)) > margins[batch]]
+        where = "; ".join(f"B = {batch:,}: {margins[batch]:.3f}" for batch in margins)
+        beyond = ("; where several seeds ran, " + (
+            "each gap is beyond the larger of the two seed stds" if len(outside) == len(seeded) else
+            "no gap is beyond the larger of the two seed stds" if not outside else
+            f"the gap is beyond the larger of the two seed stds at B = {', '.join(f'{b:,}' for b in outside)} only")
+            + f" ({where})")
+    return (f"Larger batches at the same 250 steps (arm 4; validation teacher-neighbour recall@10 at B = {batches}; "
+            f"{seeds}): the recall of both losses "
+            f"{'rises with the batch' if rises else 'does not rise steadily'} "
             f"— perception coherence {trend(series(1))}, projected MSE {trend(series(2))} — and {comparison} (MSE "
-            f"minus perception coherence: {', '.join(f'{gap:+.3f}' for gap in gaps)}). These rows see B/64 times the recipe's samples, so they "
-            "are a finding about budget, not candidates for the recipe"
+            f"minus perception coherence: {', '.join(f'{gap:+.3f}' for gap in gaps)}{beyond}). These rows see B/64 "
+            "times the recipe's samples, so they are a finding about budget, not candidates for the recipe"
             + (f"; B = {' and '.join(pending)} {'has' if len(pending) == 1 else 'have'} not run yet." if pending
                else "."))
 

@@ -97,8 +97,8 @@ def test_batch_rows_are_compared_with_mse_at_their_batch_never_screened_for_the_
     assert chosen.finalists == selection(screening_runs()).finalists
     assert not any("_b256" in row.variant or "_b512" in row.variant for row in chosen.screening)
     lines = batch_table(runs).splitlines()
-    assert lines[2].startswith("| 64 | 1 | 0.650 / 0.634 |")  # the reference row reg_pc_t0.1 beside the control
-    assert lines[3].startswith("| 256 | 4 | 0.660 / 0.679 |") and lines[3].endswith("| 5 / 5 |")
+    assert lines[2].startswith("| 64 | 1 | 0 / 0 | 0.650 / 0.634 |")  # the reference row reg_pc_t0.1 beside the control
+    assert lines[3].startswith("| 256 | 4 | 0 / 0 | 0.660 / 0.679 |") and lines[3].endswith("| 5 / 5 |")
     assert "not run" in lines[4] and "not run" in lines[5]  # a pair lacking a row is not shown half
     sentence = batch_outcome_sentence(runs)
     assert "perception coherence 0.650 → 0.660, projected MSE 0.634 → 0.679" in sentence
@@ -106,3 +106,23 @@ def test_batch_rows_are_compared_with_mse_at_their_batch_never_screened_for_the_
     assert sentence.endswith("B = 512 and 1,024 have not run yet.")
     with pytest.raises(ValueError, match="reg_pc_b256"):
         batch_outcome_sentence(screening_runs())  # the B = 64 pair alone says nothing about batches
+
+
+def test_batch_rows_with_three_seeds_show_their_spread_and_weigh_the_gap_against_it() -> None:
+    three = [run(variant, seed, recall + 0.002 * (seed - 1)) for seed in (0, 1, 2)
+             for variant, recall in (("reg_pc_t0.1", 0.604), ("reg_projected_mse", 0.634),
+                                     ("reg_pc_b256", 0.670), ("reg_projected_mse_b256", 0.673))]
+    runs = three + [run("reg_pc_b512", 0, 0.682), run("reg_projected_mse_b512", 0, 0.696)]
+    lines = batch_table(runs).splitlines()
+    assert lines[3].startswith("| 256 | 4 | 0,1,2 / 0,1,2 | 0.670 ± 0.002 / 0.673 ± 0.002 |")
+    assert lines[3].endswith("| 10 / 10 |")  # mean train minutes over the seeds (5, 10, 15)
+    assert lines[4].startswith("| 512 | 8 | 0 / 0 | 0.682 / 0.696 |")
+    sentence = batch_outcome_sentence(runs)
+    assert "seeds 0–2 (mean) at B = 64, 256; seed 0 at B = 512" in sentence
+    assert "(MSE minus perception coherence: +0.030, +0.003, +0.014;" in sentence
+    # B = 64's gap (0.030) is beyond its seed std (0.002); B = 256's (0.003) is, narrowly: 0.003 > 0.002
+    assert "where several seeds ran, each gap is beyond the larger of the two seed stds (B = 64: 0.002; B = 256: 0.002)" \
+        in sentence
+    level = [r if r["variant"] != "reg_pc_b256" else run("reg_pc_b256", r["seed"], 0.672 + 0.002 * (r["seed"] - 1))
+             for r in runs]
+    assert "the gap is beyond the larger of the two seed stds at B = 64 only" in batch_outcome_sentence(level)

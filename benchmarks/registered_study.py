@@ -292,12 +292,12 @@ def batch_outcome_sentence(results: list[dict[str, Any]]) -> str:
     if seeded:
         margins = {batch: max(validation[pc].stds[RECALL], validation[mse].stds[RECALL]) for batch, pc, mse in seeded}
         outside = [batch for batch, pc, mse in seeded if abs(recall(mse) - recall(pc)) > margins[batch]]
-        where = "; ".join(f"B = {batch:,}: {margins[batch]:.3f}" for batch in margins)
+        where = " and ".join(f"{margins[batch]:.3f} at B = {batch:,}" for batch in margins)
         beyond = ("; where several seeds ran, " + (
             "each gap is beyond the larger of the two seed stds" if len(outside) == len(seeded) else
             "no gap is beyond the larger of the two seed stds" if not outside else
             f"the gap is beyond the larger of the two seed stds at B = {', '.join(f'{b:,}' for b in outside)} only")
-            + f" ({where})")
+            + f", {where}")
     return (f"Larger batches at the same 250 steps (arm 4; validation teacher-neighbour recall@10 at B = {batches}; "
             f"{seeds}): the recall of both losses "
             f"{'rises with the batch' if rises else 'does not rise steadily'} "

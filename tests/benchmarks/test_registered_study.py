@@ -121,8 +121,8 @@ def test_batch_rows_with_three_seeds_show_their_spread_and_weigh_the_gap_against
     assert "seeds 0–2 (mean) at B = 64, 256; seed 0 at B = 512" in sentence
     assert "(MSE minus perception coherence: +0.030, +0.003, +0.014;" in sentence
     # B = 64's gap (0.030) is beyond its seed std (0.002); B = 256's (0.003) is, narrowly: 0.003 > 0.002
-    assert "where several seeds ran, each gap is beyond the larger of the two seed stds (B = 64: 0.002; B = 256: 0.002)" \
-        in sentence
+    assert ("where several seeds ran, each gap is beyond the larger of the two seed stds, 0.002 at B = 64 and 0.002 at "
+            "B = 256)") in sentence
     level = [r if r["variant"] != "reg_pc_b256" else run("reg_pc_b256", r["seed"], 0.672 + 0.002 * (r["seed"] - 1))
              for r in runs]
     assert "the gap is beyond the larger of the two seed stds at B = 64 only" in batch_outcome_sentence(level)

@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.study import (
     COMMITTED_RESULTS, HEADLINE, REGISTERED_BATCHES, TEXT_BATCH, RowSummary, known_variants, load_results,
-    markdown_row, mean_and_std, registered_variants, summarise_rows,
+    format_cell, markdown_row, mean_and_std, registered_variants, summarise_rows,
 )
 
 TIE = 0.002  # validation recall@10 differences within this are ties, broken by validation 10-NN accuracy
@@ -227,11 +227,6 @@ def seeds_text(seeds: Sequence[int]) -> str:
     return "seeds " + ", ".join(map(str, seeds))
 
 
-def mean_with_spread(row: RowSummary, key: str) -> str:
-    """``mean`` from one seed, ``mean ± std`` (sample std over seeds) from several."""
-    return f"{row.means[key]:.3f}" + (f" ± {row.stds[key]:.3f}" if len(row.seeds) > 1 else "")
-
-
 def batch_table(results: list[dict[str, Any]]) -> str:
     """Arm 4: perception coherence beside projected MSE at each batch, 250 steps each, mean ± std over the seeds run
     (the seeds column; one seed: the value alone); a batch whose pair has not run reads "not run"."""
@@ -246,7 +241,7 @@ def batch_table(results: list[dict[str, Any]]) -> str:
             continue
         passes = passes_over_training_set(next(r for r in results if r["variant"] == pc))
         seeds = f"{','.join(map(str, validation[pc].seeds))} / {','.join(map(str, validation[mse].seeds))}"
-        cells = [f"{mean_with_spread(summaries[split][pc], key)} / {mean_with_spread(summaries[split][mse], key)}"
+        cells = [f"{format_cell(summaries[split][pc], key, None)} / {format_cell(summaries[split][mse], key, None)}"
                  for split, key, _ in BATCH_COLUMNS]
         minutes = f"{validation[pc].train_seconds / 60:.0f} / {validation[mse].train_seconds / 60:.0f}"
         lines.append(markdown_row([str(batch), f"{passes:g}", seeds, *cells, minutes]))
@@ -274,12 +269,12 @@ def batch_outcome_sentence(results: list[dict[str, Any]]) -> str:
 
     by_seeds: dict[str, list[str]] = {}  # which seeds each batch's figures average, in batch order
     for batch, pc, mse in done:
-        common = sorted(set(validation[pc].seeds) & set(validation[mse].seeds))
-        label = seeds_text(common) if common == validation[pc].seeds == validation[mse].seeds else (
-            f"{seeds_text(validation[pc].seeds)} / {seeds_text(validation[mse].seeds)}")
+        pc_seeds, mse_seeds = validation[pc].seeds, validation[mse].seeds
+        label = seeds_text(pc_seeds) if pc_seeds == mse_seeds else f"{seeds_text(pc_seeds)} / {seeds_text(mse_seeds)}"
+        if len(pc_seeds) > 1 and len(mse_seeds) > 1:
+            label += " (mean)"
         by_seeds.setdefault(label, []).append(f"{batch:,}")
-    seeds = "; ".join(f"{label}{' (mean)' if label.startswith('seeds') else ''} at B = {', '.join(batches)}"
-                      for label, batches in by_seeds.items())
+    seeds = "; ".join(f"{label} at B = {', '.join(batches)}" for label, batches in by_seeds.items())
     rises = all(b > a for values in (series(1), series(2)) for a, b in zip(values, values[1:]))
     gaps = [recall(mse) - recall(pc) for _, pc, mse in done]
     batches = ", ".join(f"{batch:,}" for batch, _, _ in done)

@@ -35,13 +35,9 @@ DEADLINE_SECONDS = 900.0
 def own_torch_extensions_dir(tmp_path_factory):
     """A torch-extension build folder of this test run only (spawned processes inherit the variable): a ``lock``
     left behind by a killed earlier run cannot make the build wait forever."""
-    previous = os.environ.get("TORCH_EXTENSIONS_DIR")
-    os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
-    yield
-    if previous is None:
-        os.environ.pop("TORCH_EXTENSIONS_DIR")
-    else:
-        os.environ["TORCH_EXTENSIONS_DIR"] = previous
+    with pytest.MonkeyPatch.context() as patch:  # monkeypatch itself is per test; this fixture is per module
+        patch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.mktemp("torch_extensions")))
+        yield
 
 
 def deepspeed_on_gloo(rank: int, world_size: int, port: int, zero_stage: int) -> None:
